@@ -1,0 +1,462 @@
+//! The error taxonomy every layer speaks: [`InferenceError`] and its stable [`ErrorKind`].
+//!
+//! Inference backends fail in ways ordinary services do not: a GPU runs out of memory, a
+//! context is too long, weights are still loading. Each failure is one variant of
+//! [`InferenceError`], carrying the data a caller needs to act on it, and each variant has an
+//! [`ErrorKind`] that fixes its wire code, HTTP status, retryability and whose fault it is.
+//!
+//! Messages are written for the caller: they say what happened and what to do, and never
+//! include internal detail (paths, hosts, debug dumps). An underlying cause attached with
+//! [`InferenceError::infrastructure_with_source`] is kept for logs through
+//! [`std::error::Error::source`] and never reaches the message or the [`ErrorBody`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_inference::{ErrorKind, InferenceError};
+//!
+//! let err = InferenceError::OutOfMemory { used_mib: 23_000, available_mib: 1_024 };
+//! assert_eq!(err.kind(), ErrorKind::OutOfMemory);
+//! assert_eq!(err.kind().http_status(), 507);
+//! assert!(!err.kind().is_retryable());
+//!
+//! let body = err.to_body().with_correlation_id("req-42");
+//! let json = serde_json::to_value(&body).unwrap();
+//! assert_eq!(json["code"], "out_of_memory");
+//! assert_eq!(json["details"]["available_mib"], 1024);
+//! ```
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Why a model produced no usable output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModelFailure {
+    /// The output contained NaN or infinite values.
+    NanOutput,
+    /// The output tensor did not have the expected shape.
+    ShapeMismatch,
+    /// The output failed a validity check of the application's.
+    InvalidOutput,
+}
+
+impl ModelFailure {
+    /// A stable snake_case name, used in error bodies and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ModelFailure::NanOutput => "nan_output",
+            ModelFailure::ShapeMismatch => "shape_mismatch",
+            ModelFailure::InvalidOutput => "invalid_output",
+        }
+    }
+}
+
+impl fmt::Display for ModelFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelFailure::NanOutput => "its output contained invalid numbers",
+            ModelFailure::ShapeMismatch => "its output had an unexpected shape",
+            ModelFailure::InvalidOutput => "its output failed validation",
+        })
+    }
+}
+
+/// One tier a fallback chain tried, and how it failed; listed by [`InferenceError::Exhausted`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TierFailure {
+    /// The tier's name, as configured.
+    pub tier: Cow<'static, str>,
+    /// The kind of failure the tier ended with.
+    pub kind: ErrorKind,
+}
+
+impl TierFailure {
+    /// A tier named `tier` that failed with `kind`.
+    pub fn new(tier: impl Into<Cow<'static, str>>, kind: ErrorKind) -> Self {
+        TierFailure {
+            tier: tier.into(),
+            kind,
+        }
+    }
+}
+
+/// A failure of an inference call, in terms a caller can act on.
+///
+/// `InferenceError` is `Clone` (an attached source is shared), so layers can record or replay it.
+/// Every layer of this crate that must create an error asks for `E: From<InferenceError>`, which
+/// both `InferenceError` and [`tower::BoxError`] satisfy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferenceError {
+    /// The request is malformed (an empty prompt, a zero `max_tokens`, an unknown model).
+    ///
+    /// `reason` is shown to the caller: keep it free of internal detail.
+    #[error("invalid request: {reason}")]
+    InvalidInput {
+        /// What is wrong with the request and how to fix it.
+        reason: Cow<'static, str>,
+    },
+
+    /// The prompt is longer than the model's context window.
+    #[error(
+        "the input is {input} tokens long, more than the model's context of {max} tokens; shorten the input"
+    )]
+    ContextLengthExceeded {
+        /// Tokens in the input.
+        input: usize,
+        /// The model's context window, in tokens.
+        max: usize,
+    },
+
+    /// The model is still loading its weights or warming up.
+    #[error("the model is still loading; retry shortly")]
+    ModelNotReady {
+        /// How long until it is expected to be ready, if known.
+        retry_after: Option<Duration>,
+    },
+
+    /// The model did not answer in time.
+    #[error("the model did not answer within {}; retry, or ask for fewer tokens", fmt_duration(*after))]
+    Timeout {
+        /// How long the call waited.
+        after: Duration,
+    },
+
+    /// The device ran out of memory for this request.
+    #[error(
+        "the model ran out of memory ({available_mib} MiB free); retry with a smaller request (fewer tokens, smaller batch or resolution)"
+    )]
+    OutOfMemory {
+        /// Device memory in use when the request was refused, in MiB.
+        used_mib: u64,
+        /// Device memory that was free, in MiB.
+        available_mib: u64,
+    },
+
+    /// The model ran but produced no usable output.
+    #[error("the model failed to produce a valid answer: {failure}")]
+    ModelFailure {
+        /// What was wrong with the output.
+        failure: ModelFailure,
+    },
+
+    /// The serving infrastructure failed (connection lost, process died, backend down).
+    ///
+    /// The message never names the internals; an attached source is available to logs through
+    /// [`std::error::Error::source`].
+    #[error("the inference backend is unavailable; retry later")]
+    Infrastructure {
+        /// The underlying cause, for logs only.
+        #[source]
+        source: Option<Arc<dyn StdError + Send + Sync>>,
+    },
+
+    /// Too many requests are waiting; the request was shed.
+    #[error("the model is overloaded ({queue_depth} requests waiting); retry later")]
+    Overloaded {
+        /// Requests waiting when this one was refused.
+        queue_depth: usize,
+        /// When the caller may retry, if known.
+        retry_after: Option<Duration>,
+    },
+
+    /// A circuit breaker is open: the backend is failing and is given time to recover.
+    #[error("the model is temporarily unavailable; retry in {}", fmt_duration(*retry_in))]
+    CircuitOpen {
+        /// Time until the breaker lets a probe through.
+        retry_in: Duration,
+    },
+
+    /// Every tier of a fallback chain failed.
+    ///
+    /// The message says the service is degraded; which tiers failed is in `tiers` (and in the
+    /// body's details, by tier name and failure kind), never their internal errors.
+    #[error("the service is degraded and could not answer; retry later")]
+    Exhausted {
+        /// Each tier tried, in order, with the kind of its failure.
+        tiers: Vec<TierFailure>,
+    },
+}
+
+impl InferenceError {
+    /// An [`InferenceError::InvalidInput`] with a caller-facing reason.
+    pub fn invalid_input(reason: impl Into<Cow<'static, str>>) -> Self {
+        InferenceError::InvalidInput {
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`InferenceError::Infrastructure`] with no recorded cause.
+    pub const fn infrastructure() -> Self {
+        InferenceError::Infrastructure { source: None }
+    }
+
+    /// An [`InferenceError::Infrastructure`] that keeps `source` for logs (never for callers).
+    pub fn infrastructure_with_source(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        InferenceError::Infrastructure {
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// The stable kind of this error.
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            InferenceError::InvalidInput { .. } => ErrorKind::InvalidInput,
+            InferenceError::ContextLengthExceeded { .. } => ErrorKind::ContextLengthExceeded,
+            InferenceError::ModelNotReady { .. } => ErrorKind::ModelNotReady,
+            InferenceError::Timeout { .. } => ErrorKind::Timeout,
+            InferenceError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            InferenceError::ModelFailure { .. } => ErrorKind::ModelFailure,
+            InferenceError::Infrastructure { .. } => ErrorKind::Infrastructure,
+            InferenceError::Overloaded { .. } => ErrorKind::Overloaded,
+            InferenceError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            InferenceError::Exhausted { .. } => ErrorKind::Exhausted,
+        }
+    }
+
+    /// When the caller may usefully try again, if the error says.
+    ///
+    /// `Overloaded` and `ModelNotReady` carry it when known; `CircuitOpen` always does.
+    pub const fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InferenceError::Overloaded { retry_after, .. }
+            | InferenceError::ModelNotReady { retry_after } => *retry_after,
+            InferenceError::CircuitOpen { retry_in } => Some(*retry_in),
+            _ => None,
+        }
+    }
+
+    /// The caller-facing body for this error: message, code, retryability and safe details.
+    pub fn to_body(&self) -> ErrorBody {
+        let mut details = Map::new();
+        let mut put = |key: &str, value: Value| {
+            details.insert(key.to_owned(), value);
+        };
+        match self {
+            InferenceError::ContextLengthExceeded { input, max } => {
+                put("input_tokens", (*input).into());
+                put("max_tokens", (*max).into());
+            }
+            InferenceError::Timeout { after } => put("timeout_ms", duration_ms(*after).into()),
+            InferenceError::OutOfMemory {
+                used_mib,
+                available_mib,
+            } => {
+                put("used_mib", (*used_mib).into());
+                put("available_mib", (*available_mib).into());
+            }
+            InferenceError::ModelFailure { failure } => put("failure", failure.as_str().into()),
+            InferenceError::Overloaded { queue_depth, .. } => {
+                put("queue_depth", (*queue_depth).into())
+            }
+            InferenceError::Exhausted { tiers } => {
+                let tiers = tiers
+                    .iter()
+                    .map(|t| serde_json::json!({ "tier": t.tier, "kind": t.kind.code() }))
+                    .collect();
+                put("tiers", Value::Array(tiers));
+            }
+            InferenceError::InvalidInput { .. }
+            | InferenceError::ModelNotReady { .. }
+            | InferenceError::Infrastructure { .. }
+            | InferenceError::CircuitOpen { .. } => {}
+        }
+        let kind = self.kind();
+        ErrorBody {
+            message: self.to_string(),
+            code: Cow::Borrowed(kind.code()),
+            retryable: kind.is_retryable(),
+            details,
+            correlation_id: None,
+            retry_after_secs: self.retry_after().map(ceil_secs),
+        }
+    }
+}
+
+/// The stable kind of an [`InferenceError`]: its code, HTTP status, retryability and fault.
+///
+/// | kind | code | status | retryable | caller's fault |
+/// |---|---|---|---|---|
+/// | `InvalidInput` | `invalid_input` | 400 | no | yes |
+/// | `ContextLengthExceeded` | `context_length_exceeded` | 400 | no | yes |
+/// | `ModelNotReady` | `model_not_ready` | 503 | yes | no |
+/// | `Timeout` | `timeout` | 504 | yes | no |
+/// | `OutOfMemory` | `out_of_memory` | 507 | no (see the retry layer's OOM retry) | no |
+/// | `ModelFailure` | `model_failure` | 500 | no | no |
+/// | `Infrastructure` | `infrastructure` | 503 | yes | no |
+/// | `Overloaded` | `overloaded` | 429 | yes | no |
+/// | `CircuitOpen` | `circuit_open` | 503 | no (a fallback answers instead) | no |
+/// | `Exhausted` | `exhausted` | 503 | no | no |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`InferenceError::InvalidInput`].
+    InvalidInput,
+    /// See [`InferenceError::ContextLengthExceeded`].
+    ContextLengthExceeded,
+    /// See [`InferenceError::ModelNotReady`].
+    ModelNotReady,
+    /// See [`InferenceError::Timeout`].
+    Timeout,
+    /// See [`InferenceError::OutOfMemory`].
+    OutOfMemory,
+    /// See [`InferenceError::ModelFailure`].
+    ModelFailure,
+    /// See [`InferenceError::Infrastructure`].
+    Infrastructure,
+    /// See [`InferenceError::Overloaded`].
+    Overloaded,
+    /// See [`InferenceError::CircuitOpen`].
+    CircuitOpen,
+    /// See [`InferenceError::Exhausted`].
+    Exhausted,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order (for tables, metrics and tests).
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::ContextLengthExceeded,
+        ErrorKind::ModelNotReady,
+        ErrorKind::Timeout,
+        ErrorKind::OutOfMemory,
+        ErrorKind::ModelFailure,
+        ErrorKind::Infrastructure,
+        ErrorKind::Overloaded,
+        ErrorKind::CircuitOpen,
+        ErrorKind::Exhausted,
+    ];
+
+    /// A stable snake_case code, for error bodies, logs and metric labels.
+    pub const fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::ContextLengthExceeded => "context_length_exceeded",
+            ErrorKind::ModelNotReady => "model_not_ready",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OutOfMemory => "out_of_memory",
+            ErrorKind::ModelFailure => "model_failure",
+            ErrorKind::Infrastructure => "infrastructure",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Exhausted => "exhausted",
+        }
+    }
+
+    /// The HTTP status a server should answer with.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidInput | ErrorKind::ContextLengthExceeded => 400,
+            ErrorKind::ModelNotReady
+            | ErrorKind::Infrastructure
+            | ErrorKind::CircuitOpen
+            | ErrorKind::Exhausted => 503,
+            ErrorKind::Timeout => 504,
+            ErrorKind::OutOfMemory => 507,
+            ErrorKind::ModelFailure => 500,
+            ErrorKind::Overloaded => 429,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    ///
+    /// True for timeouts, overload, a model still loading and infrastructure failures; never for
+    /// a caller's fault. Out-of-memory is not retryable as is (the retry layer can retry it once
+    /// with a smaller request), and an open circuit is answered by a fallback, not a retry.
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Timeout
+                | ErrorKind::Overloaded
+                | ErrorKind::ModelNotReady
+                | ErrorKind::Infrastructure
+        )
+    }
+
+    /// Whether the caller caused the failure (bad input), as opposed to the backend.
+    ///
+    /// Caller faults are never retried, never trip a breaker and do not fall back unless a
+    /// tier says it takes them.
+    pub const fn is_caller_fault(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidInput | ErrorKind::ContextLengthExceeded
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The JSON body a server sends for an [`InferenceError`].
+///
+/// ```json
+/// {"message":"the model is overloaded (12 requests waiting); retry later","code":"overloaded",
+///  "retryable":true,"details":{"queue_depth":12},"correlation_id":"req-7","retry_after_secs":2}
+/// ```
+///
+/// `details` holds only safe, structured facts (token counts, memory figures, tier names);
+/// `correlation_id` and `retry_after_secs` are omitted when unset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The caller-facing message.
+    pub message: String,
+    /// The [`ErrorKind::code`].
+    pub code: Cow<'static, str>,
+    /// Whether retrying the same request may succeed.
+    pub retryable: bool,
+    /// Structured, safe details (may be empty).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+    /// An id the caller can quote to support, if the server set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Seconds after which a retry may succeed (rounded up), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorBody {
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+}
+
+impl From<&InferenceError> for ErrorBody {
+    fn from(err: &InferenceError) -> Self {
+        err.to_body()
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whole seconds, rounded up, so a client never retries early.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A short human duration: `250ms`, `3s`, `1.5s`.
+fn fmt_duration(d: Duration) -> String {
+    let ms = duration_ms(d);
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

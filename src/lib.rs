@@ -1,0 +1,101 @@
+//! Tower middleware that keeps AI-inference services answering when models fail.
+//!
+//! Inference backends fail in ways ordinary services do not: a GPU runs out of memory, a
+//! model times out under load, a context is too long, a server is still loading its weights.
+//! `tower-inference` gives a tower application (hyper, axum, tonic or a plain `Service`)
+//! layers to stack with `ServiceBuilder` in front of such a model:
+//!
+//! ```text
+//! request ─▶ metrics ─▶ fallback(tiers) ─▶ degrade ─▶ retry(budget) ─▶ breaker ─▶ timeout ─▶ GPU model service
+//!                          │  on failure, breaker open, or exhausted retries:
+//!                          ├─▶ tier 2: lighter model (its own breaker)
+//!                          ├─▶ tier 3: rules
+//!                          ├─▶ tier 4: last good answer from the cache
+//!                          └─▶ tier 5: static default
+//! ```
+//!
+//! Every layer speaks the same few shared abstractions:
+//!
+//! - [`InferenceError`] and [`ErrorKind`]: the taxonomy of failures, each kind with a stable
+//!   code, an HTTP status, whether it is retryable and whether it is the caller's fault;
+//! - [`Classify`] and [`Outcome`]: what a call's result means, so layers never match on a
+//!   concrete error type ([`DefaultClassifier`] handles [`InferenceError`] and
+//!   [`tower::BoxError`], `HttpClassifier` handles `http::Response`s);
+//! - [`Provenance`] and [`Annotate`]: which tier answered, at what quality, how degraded;
+//! - [`Event`] and [`EventSink`]: what layers did, for metrics and logs (also `tracing`);
+//! - [`Degrade`] and [`GenerationParams`]: how a request is made cheaper.
+//!
+//! Layers that must create an error ask for `E: From<InferenceError>`, which both
+//! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
+//! `timeout`, `load_shed` and `limit` layers. All timing goes through `tokio::time`, so tests
+//! run on paused time.
+//!
+//! # Example
+//!
+//! tower's timeout in front of the [`mock::MockGpu`] (feature `mock`), with every failure
+//! classified into the taxonomy:
+//!
+//! ```
+//! # #[cfg(feature = "mock")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use tower::{BoxError, ServiceBuilder, ServiceExt};
+//! use tower_inference::mock::{InferenceRequest, MockGpu};
+//! use tower_inference::{Classify, DefaultClassifier, ErrorKind};
+//!
+//! tokio::time::pause();
+//! let gpu = MockGpu::builder().max_context(8).build();
+//! let svc = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(5))
+//!     .service(gpu);
+//!
+//! let ok = svc.clone().oneshot(InferenceRequest::new("hello there").max_tokens(4)).await;
+//! assert_eq!(ok.unwrap().tokens, 4);
+//!
+//! let too_long = InferenceRequest::new("one two three four five six seven eight nine");
+//! let err: BoxError = svc.oneshot(too_long).await.unwrap_err();
+//! let outcome = Classify::<(), _>::classify(&DefaultClassifier, Err(&err));
+//! assert_eq!(outcome.kind(), Some(ErrorKind::ContextLengthExceeded));
+//! assert!(outcome.is_caller_fault());
+//! # }
+//! # #[cfg(not(feature = "mock"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Features
+//!
+//! - `mock`: [`mock::MockGpu`], a realistic GPU-backed model service, and
+//!   [`mock::ChaosLayer`], fault injection for any service.
+//! - `http`: `HttpClassifier` and [`Annotate`] for `http::Response`.
+//!
+//! # Reuse of tower
+//!
+//! The crate builds on tower rather than beside it: classifiers understand tower's
+//! `timeout::error::Elapsed` and `load_shed::error::Overloaded`, and the mock's backpressure
+//! mode reserves capacity in `poll_ready` the way `tower::limit::ConcurrencyLimit` does.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod classify;
+pub mod error;
+pub mod event;
+pub mod params;
+pub mod provenance;
+
+#[cfg(feature = "mock")]
+pub mod mock;
+
+#[cfg(feature = "http")]
+pub use crate::classify::HttpClassifier;
+pub use crate::classify::{Classify, ClassifyError, DefaultClassifier, Outcome};
+pub use crate::error::{ErrorBody, ErrorKind, InferenceError, ModelFailure, TierFailure};
+pub use crate::event::{CircuitState, Emitter, Event, EventSink, NoopSink};
+pub use crate::params::{Degrade, GenerationParams, Scale};
+pub use crate::provenance::{Annotate, PRIMARY_TIER, Provenance, Quality, Served};

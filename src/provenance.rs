@@ -1,0 +1,256 @@
+//! Where an answer came from: which tier, at what quality, how degraded, after how many tries.
+//!
+//! A response type opts in by implementing [`Annotate`]. It is implemented for
+//! [`Served<T>`], a plain wrapper around any value, and (feature `http`) for
+//! `http::Response<B>`, which keeps its [`Provenance`] in the response's extensions. Layers
+//! that annotate (fallback, degrade, retry) require `Annotate`; the others do not.
+//!
+//! ```
+//! use tower_inference::{Annotate, Provenance, Quality, Served};
+//!
+//! let mut answer = Served::new("a haiku about GPUs");
+//! answer.provenance_mut().set_tier("rules", Quality::Generic);
+//! answer.provenance_mut().warn("answered by rules: the model is unavailable");
+//!
+//! assert_eq!(answer.provenance().tier, "rules");
+//! assert!(answer.provenance().fallback);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How good an answer is, as a label a client can show or act on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// The full model answered at full settings.
+    #[default]
+    Full,
+    /// A lighter model, or the full one with degraded settings.
+    Reduced,
+    /// A rules-based or template answer.
+    Generic,
+    /// A cached earlier answer.
+    Stale,
+    /// A static last-resort default.
+    Minimal,
+    /// An application-defined label.
+    Custom(Cow<'static, str>),
+}
+
+impl Quality {
+    /// The label: `full`, `reduced`, `generic`, `stale`, `minimal` or the custom one.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Quality::Full => "full",
+            Quality::Reduced => "reduced",
+            Quality::Generic => "generic",
+            Quality::Stale => "stale",
+            Quality::Minimal => "minimal",
+            Quality::Custom(label) => label,
+        }
+    }
+}
+
+impl fmt::Display for Quality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The tier name of an answer no fallback layer re-labelled.
+pub const PRIMARY_TIER: &str = "primary";
+
+/// Where an answer came from and what was done to get it.
+///
+/// The default describes an answer from the primary model at full quality on the first
+/// attempt. Fields are public to read; layers change them through the methods, and new fields
+/// may be added (the struct is `#[non_exhaustive]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Provenance {
+    /// The name of the tier that answered (default [`PRIMARY_TIER`]).
+    pub tier: Cow<'static, str>,
+    /// The answer's quality.
+    pub quality: Quality,
+    /// Whether a fallback tier answered instead of the primary one.
+    pub fallback: bool,
+    /// The degradation level the request was served at, if it was degraded.
+    pub degraded: Option<Cow<'static, str>>,
+    /// Calls made to the backend for this answer, the first one included (at least 1).
+    pub attempts: u32,
+    /// The age of a cached answer, when one was served.
+    pub cache_age: Option<Duration>,
+    /// Notes for the caller, e.g. "reduced max_tokens due to memory constraints".
+    pub warnings: Vec<Cow<'static, str>>,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            tier: Cow::Borrowed(PRIMARY_TIER),
+            quality: Quality::Full,
+            fallback: false,
+            degraded: None,
+            attempts: 1,
+            cache_age: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Provenance {
+    /// Records that `tier` answered at `quality`; any tier other than [`PRIMARY_TIER`] marks
+    /// the answer as a fallback.
+    pub fn set_tier(&mut self, tier: impl Into<Cow<'static, str>>, quality: Quality) -> &mut Self {
+        self.tier = tier.into();
+        self.fallback = self.tier != PRIMARY_TIER;
+        self.quality = quality;
+        self
+    }
+
+    /// Sets whether the answer came from a fallback tier (a chain may name its first tier
+    /// something other than [`PRIMARY_TIER`]).
+    pub fn set_fallback(&mut self, fallback: bool) -> &mut Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Records the degradation level the request was served at.
+    pub fn set_degraded(&mut self, level: impl Into<Cow<'static, str>>) -> &mut Self {
+        self.degraded = Some(level.into());
+        self
+    }
+
+    /// Records how many backend calls the answer took (at least 1).
+    pub fn set_attempts(&mut self, attempts: u32) -> &mut Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// Records the age of a cached answer.
+    pub fn set_cache_age(&mut self, age: Duration) -> &mut Self {
+        self.cache_age = Some(age);
+        self
+    }
+
+    /// Adds a caller-facing warning, once: the same text is not repeated.
+    pub fn warn(&mut self, warning: impl Into<Cow<'static, str>>) -> &mut Self {
+        let warning = warning.into();
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+        self
+    }
+}
+
+/// A response that can say where it came from.
+///
+/// Implement it for your own response type by storing a [`Provenance`] in it, or wrap the
+/// response in [`Served<T>`].
+pub trait Annotate {
+    /// The response's provenance, if it has one yet.
+    fn provenance(&self) -> Option<&Provenance>;
+
+    /// The response's provenance, created with the defaults if it had none.
+    fn provenance_mut(&mut self) -> &mut Provenance;
+}
+
+impl Annotate for Provenance {
+    fn provenance(&self) -> Option<&Provenance> {
+        Some(self)
+    }
+
+    fn provenance_mut(&mut self) -> &mut Provenance {
+        self
+    }
+}
+
+/// Any value together with its [`Provenance`].
+///
+/// ```
+/// use tower_inference::{Annotate, Served};
+///
+/// let served = Served::new(42);
+/// assert_eq!(*served, 42);
+/// assert_eq!(served.provenance.attempts, 1);
+/// assert_eq!(served.into_inner(), 42);
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Served<T> {
+    /// The answer.
+    pub value: T,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+impl<T> Served<T> {
+    /// Wraps `value` with a default provenance.
+    pub fn new(value: T) -> Self {
+        Served {
+            value,
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// Unwraps the answer, dropping its provenance.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    /// Maps the answer, keeping its provenance.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Served<U> {
+        Served {
+            value: f(self.value),
+            provenance: self.provenance,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Served<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for Served<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T> Annotate for Served<T> {
+    fn provenance(&self) -> Option<&Provenance> {
+        Some(&self.provenance)
+    }
+
+    fn provenance_mut(&mut self) -> &mut Provenance {
+        &mut self.provenance
+    }
+}
+
+/// Stored in the response's extensions; absent until a layer annotates the response.
+///
+/// ```
+/// use tower_inference::{Annotate, Provenance, Quality};
+///
+/// let mut res = http::Response::new("cached answer");
+/// assert!(res.provenance().is_none());
+/// res.provenance_mut().set_tier("cache", Quality::Stale);
+/// assert_eq!(res.extensions().get::<Provenance>().unwrap().quality, Quality::Stale);
+/// ```
+#[cfg(feature = "http")]
+impl<B> Annotate for http::Response<B> {
+    fn provenance(&self) -> Option<&Provenance> {
+        self.extensions().get::<Provenance>()
+    }
+
+    fn provenance_mut(&mut self) -> &mut Provenance {
+        self.extensions_mut().get_or_insert_default::<Provenance>()
+    }
+}
