@@ -237,7 +237,8 @@ where
         let mut delay = Duration::ZERO;
         if rng.random::<f64>() < f64::from_bits(s.latency_rate.load(Relaxed)) {
             delay = Duration::from_nanos(s.latency_nanos.load(Relaxed));
-            s.injected_delays.fetch_add(u64::from(!delay.is_zero()), Relaxed);
+            s.injected_delays
+                .fetch_add(u64::from(!delay.is_zero()), Relaxed);
         }
         ChaosFuture::passed(self.inner.call(req), delay)
     }

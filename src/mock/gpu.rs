@@ -282,7 +282,9 @@ impl MockGpu {
             });
         }
         if req.prompt.trim().is_empty() {
-            return Err(InferenceError::invalid_input("the prompt must not be empty"));
+            return Err(InferenceError::invalid_input(
+                "the prompt must not be empty",
+            ));
         }
         req.params.validate()?;
         let input = req.prompt_tokens();

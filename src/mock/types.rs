@@ -83,8 +83,22 @@ impl Annotate for Completion {
 }
 
 const WORDS: [&str; 16] = [
-    "the", "model", "answers", "with", "tokens", "from", "a", "warm", "cache", "of", "weights",
-    "and", "careful", "gradients", "over", "time",
+    "the",
+    "model",
+    "answers",
+    "with",
+    "tokens",
+    "from",
+    "a",
+    "warm",
+    "cache",
+    "of",
+    "weights",
+    "and",
+    "careful",
+    "gradients",
+    "over",
+    "time",
 ];
 
 /// `tokens` words drawn from a small vocabulary with `rng`.
