@@ -1,1 +1,105 @@
-fn main() {}
+//! The resilience stack in front of a mock GPU-backed model.
+//!
+//! Run with `cargo run --example quickstart --features mock`.
+
+use std::time::Duration;
+
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
+use tower_inference::{Classify, DefaultClassifier, GenerationParams, InferenceError};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let gpu = MockGpu::builder()
+        .name("llama-mock-8b")
+        .max_context(64)
+        .base_latency(Duration::from_millis(5))
+        .per_token_latency(Duration::from_micros(200))
+        .build();
+    let gpu_handle = gpu.handle();
+
+    let mut svc = ServiceBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .service(gpu);
+
+    println!("== tower-inference quickstart: timeout -> MockGpu ==\n");
+    let long_prompt = vec!["word"; 100].join(" ");
+    let cases = [
+        (
+            "normal request",
+            InferenceRequest::new("Summarise the incident report").max_tokens(32),
+        ),
+        (
+            "prompt over the context window",
+            InferenceRequest::new(long_prompt),
+        ),
+        (
+            "out-of-memory sized (batch 64, 4096x4096)",
+            InferenceRequest::new("a castle at dawn").params(
+                GenerationParams::new(16)
+                    .batch_size(64)
+                    .resolution(4096, 4096),
+            ),
+        ),
+        ("empty prompt", InferenceRequest::new("")),
+    ];
+    for (label, request) in cases {
+        report(label, call(&mut svc, request).await);
+    }
+
+    gpu_handle.kill();
+    report(
+        "after the backend is killed",
+        call(&mut svc, InferenceRequest::new("are you there?")).await,
+    );
+    gpu_handle.revive();
+    report(
+        "after it is revived",
+        call(
+            &mut svc,
+            InferenceRequest::new("are you back?").max_tokens(8),
+        )
+        .await,
+    );
+
+    let stats = gpu_handle.stats();
+    println!(
+        "\nmock GPU: {} calls, {} succeeded, {} failed",
+        stats.calls, stats.succeeded, stats.failed
+    );
+}
+
+async fn call<S>(svc: &mut S, request: InferenceRequest) -> Result<Completion, BoxError>
+where
+    S: Service<InferenceRequest, Response = Completion, Error = BoxError>,
+{
+    svc.ready().await?.call(request).await
+}
+
+fn report(label: &str, result: Result<Completion, BoxError>) {
+    match &result {
+        Ok(done) => println!(
+            "{label:<42} ok     {} tokens from {} (tier {}, quality {})",
+            done.tokens, done.model, done.provenance.tier, done.provenance.quality
+        ),
+        Err(err) => {
+            let outcome = Classify::<Completion, BoxError>::classify(&DefaultClassifier, Err(err));
+            let Some(kind) = outcome.kind() else {
+                return;
+            };
+            let message = match err.downcast_ref::<InferenceError>() {
+                Some(e) => e.to_string(),
+                None => err.to_string(),
+            };
+            println!(
+                "{label:<42} {:<6} {} (HTTP {}, retryable: {}, caller's fault: {})\n{:<49}{message}",
+                "error",
+                kind,
+                kind.http_status(),
+                kind.is_retryable(),
+                kind.is_caller_fault(),
+                ""
+            );
+        }
+    }
+}

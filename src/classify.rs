@@ -283,18 +283,18 @@ mod http_classifier {
         };
         Outcome::Failure {
             kind,
-            retry_after: retry_after(headers, SystemTime::now()),
+            retry_after: retry_after(headers),
         }
     }
 
     /// Reads `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); a date in the
     /// past is a zero delay, anything unreadable is ignored.
-    pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
         if let Ok(secs) = value.parse::<u64>() {
             return Some(Duration::from_secs(secs));
         }
         let at = httpdate::parse_http_date(value).ok()?;
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
     }
 }

@@ -37,14 +37,13 @@
 //!
 //! ```
 //! # #[cfg(feature = "mock")]
-//! # #[tokio::main(flavor = "current_thread")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! use std::time::Duration;
 //! use tower::{BoxError, ServiceBuilder, ServiceExt};
 //! use tower_inference::mock::{InferenceRequest, MockGpu};
 //! use tower_inference::{Classify, DefaultClassifier, ErrorKind};
 //!
-//! tokio::time::pause();
 //! let gpu = MockGpu::builder().max_context(8).build();
 //! let svc = ServiceBuilder::new()
 //!     .timeout(Duration::from_secs(5))

@@ -202,12 +202,12 @@ impl GenerationParams {
                 "batch_size must be at least 1",
             ));
         }
-        if let Some((w, h)) = self.resolution {
-            if w == 0 || h == 0 {
-                return Err(InferenceError::invalid_input(
-                    "resolution width and height must be at least 1",
-                ));
-            }
+        if let Some((w, h)) = self.resolution
+            && (w == 0 || h == 0)
+        {
+            return Err(InferenceError::invalid_input(
+                "resolution width and height must be at least 1",
+            ));
         }
         Ok(())
     }

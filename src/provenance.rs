@@ -12,8 +12,8 @@
 //! answer.provenance_mut().set_tier("rules", Quality::Generic);
 //! answer.provenance_mut().warn("answered by rules: the model is unavailable");
 //!
-//! assert_eq!(answer.provenance().tier, "rules");
-//! assert!(answer.provenance().fallback);
+//! assert_eq!(answer.provenance.tier, "rules");
+//! assert!(answer.provenance.fallback);
 //! ```
 
 use std::borrow::Cow;

@@ -30,13 +30,12 @@
 //! [`ChaosLayer`] injects chosen errors and extra latency into any service.
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_inference::mock::{InferenceRequest, MockGpu};
 //!
-//! tokio::time::pause();
 //! let gpu = MockGpu::builder()
 //!     .base_latency(Duration::from_millis(10))
 //!     .per_token_latency(Duration::from_millis(2))
