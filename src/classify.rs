@@ -295,6 +295,9 @@ mod http_classifier {
             return Some(Duration::from_secs(secs));
         }
         let at = httpdate::parse_http_date(value).ok()?;
-        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     }
 }
