@@ -82,6 +82,7 @@
     rust_2018_idioms
 )]
 
+pub mod breaker;
 pub mod classify;
 pub mod error;
 pub mod event;

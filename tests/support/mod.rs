@@ -41,3 +41,52 @@ pub fn all_events(quality: &Quality) -> Vec<Event<'_>> {
         },
     ]
 }
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tower::{Service, service_fn};
+use tower_inference::InferenceError;
+
+/// What a test backend does with one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Call {
+    /// Succeed at once.
+    Ok,
+    /// Fail with an infrastructure error (a backend fault).
+    Fail,
+    /// Fail with a context-length error (the caller's fault).
+    Caller,
+    /// Succeed after a delay.
+    Slow(Duration),
+    /// Fail after a delay.
+    SlowFail(Duration),
+    /// Never answer.
+    Hang,
+}
+
+/// A backend that does what each [`Call`] says and counts the calls that reach it.
+pub fn backend(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Call, Response = &'static str, Error = InferenceError, Future: Send> + Clone + Send
+{
+    service_fn(move |call: Call| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match call {
+                Call::Ok => Ok("ok"),
+                Call::Fail => Err(InferenceError::infrastructure()),
+                Call::Caller => Err(InferenceError::ContextLengthExceeded { input: 9, max: 8 }),
+                Call::Slow(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok("slow")
+                }
+                Call::SlowFail(d) => {
+                    tokio::time::sleep(d).await;
+                    Err(InferenceError::infrastructure())
+                }
+                Call::Hang => std::future::pending().await,
+            }
+        }
+    })
+}

@@ -1,0 +1,227 @@
+//! The breaker's configuration and its builder.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::classify::DefaultClassifier;
+use crate::event::{Emitter, EventSink};
+
+use super::keyed::KeyedBreakerLayer;
+use super::layer::BreakerLayer;
+
+/// Which calls the breaker's failure and slow-call rates are computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    /// The last `size` recorded calls (default, with 100).
+    Count {
+        /// Calls kept.
+        size: u32,
+    },
+    /// The calls recorded in the last `duration`, kept in `buckets` rotating buckets.
+    Time {
+        /// The window's span.
+        duration: Duration,
+        /// How many buckets the span is cut into (the window slides a bucket at a time).
+        buckets: u32,
+    },
+}
+
+/// Counts above this are clamped (the window packs its counters into one word).
+pub(crate) const MAX_WINDOW_CALLS: u32 = (1 << 20) - 1;
+/// Probes above this are clamped (the state word packs probe counters).
+pub(crate) const MAX_PROBES: u32 = (1 << 15) - 1;
+
+#[derive(Debug, Clone)]
+pub(crate) struct BreakerConfig {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) window: Window,
+    pub(crate) minimum_calls: u32,
+    /// Failure-rate threshold in basis points (1/100 of a percent), so boundaries are exact.
+    pub(crate) failure_rate_bp: u32,
+    pub(crate) slow_call_rate_bp: u32,
+    pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) open_duration: Duration,
+    pub(crate) open_growth: f64,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            name: Cow::Borrowed("breaker"),
+            window: Window::Count { size: 100 },
+            minimum_calls: 20,
+            failure_rate_bp: 5_000,
+            slow_call_rate_bp: 10_000,
+            slow_call_duration: None,
+            open_duration: Duration::from_secs(30),
+            open_growth: 1.0,
+            max_open_duration: Duration::from_secs(30),
+            half_open_probes: 3,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The open duration after `reopens` consecutive re-openings: base × growth^reopens,
+    /// capped.
+    pub(crate) fn open_duration_after(&self, reopens: u32) -> Duration {
+        if self.open_growth <= 1.0 || reopens == 0 {
+            return self.open_duration;
+        }
+        let factor = self.open_growth.powi(reopens.min(1_000) as i32);
+        let secs = self.open_duration.as_secs_f64() * factor;
+        let cap = self.max_open_duration.max(self.open_duration);
+        if secs.is_finite() && secs < cap.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            cap
+        }
+    }
+}
+
+fn basis_points(rate: f64) -> u32 {
+    if rate.is_nan() {
+        return 10_000;
+    }
+    (rate.clamp(0.0, 1.0) * 10_000.0).round() as u32
+}
+
+/// Configures a [`BreakerLayer`]. Every setting documents its default; the defaults suit
+/// an inference backend (a window of 100 calls, at least 20 before judging, 50 % failures
+/// trip it, 30 s open, 3 probes).
+#[derive(Debug, Clone)]
+pub struct BreakerBuilder<C = DefaultClassifier> {
+    pub(crate) config: BreakerConfig,
+    pub(crate) classifier: C,
+    pub(crate) emitter: Emitter,
+    pub(crate) max_keys: usize,
+}
+
+impl Default for BreakerBuilder {
+    fn default() -> Self {
+        BreakerBuilder {
+            config: BreakerConfig::default(),
+            classifier: DefaultClassifier,
+            emitter: Emitter::noop(),
+            max_keys: 64,
+        }
+    }
+}
+
+impl<C> BreakerBuilder<C> {
+    /// The breaker's name, in events, logs and metrics (default `"breaker"`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// A count-based window of the last `size` calls (the default, with 100; 1 to 1 048 575).
+    pub fn count_window(mut self, size: u32) -> Self {
+        self.config.window = Window::Count {
+            size: size.clamp(1, MAX_WINDOW_CALLS),
+        };
+        self
+    }
+
+    /// A time-based window of the calls in the last `duration`, kept in `buckets` buckets
+    /// (default: count-based). A zero duration is taken as one second; buckets are 1 to 1 024.
+    pub fn time_window(mut self, duration: Duration, buckets: u32) -> Self {
+        let duration = if duration.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            duration
+        };
+        self.config.window = Window::Time {
+            duration,
+            buckets: buckets.clamp(1, 1_024),
+        };
+        self
+    }
+
+    /// Calls the window must hold before the breaker judges it (default 20; at least 1).
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.config.minimum_calls = calls.clamp(1, MAX_WINDOW_CALLS);
+        self
+    }
+
+    /// Share of failed calls, in `[0, 1]`, at or above which the breaker opens (default 0.5).
+    pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.config.failure_rate_bp = basis_points(rate);
+        self
+    }
+
+    /// Calls slower than `duration` count as slow, even when they succeed (default: off).
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.config.slow_call_duration = Some(duration);
+        self
+    }
+
+    /// Share of slow calls, in `[0, 1]`, at or above which the breaker opens (default 1.0;
+    /// only used with [`slow_call_duration`](Self::slow_call_duration)).
+    pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
+        self.config.slow_call_rate_bp = basis_points(rate);
+        self
+    }
+
+    /// How long the breaker stays open before it lets probes through (default 30 s).
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.config.open_duration = duration;
+        self
+    }
+
+    /// Grows the open duration by `factor` on each consecutive re-opening, up to `max`; a
+    /// close resets it (default: no growth).
+    pub fn open_duration_growth(mut self, factor: f64, max: Duration) -> Self {
+        self.config.open_growth = if factor.is_finite() {
+            factor.max(1.0)
+        } else {
+            1.0
+        };
+        self.config.max_open_duration = max;
+        self
+    }
+
+    /// Probe calls let through when half-open; that many successes close the breaker
+    /// (default 3; 1 to 32 767).
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.config.half_open_probes = probes.clamp(1, MAX_PROBES);
+        self
+    }
+
+    /// Where transitions and rejections are reported (default: `tracing` only).
+    pub fn event_sink(mut self, sink: impl EventSink) -> Self {
+        self.emitter = Emitter::new(sink);
+        self
+    }
+
+    /// How call results are classified (default [`DefaultClassifier`]). Only backend faults
+    /// count as failures; the caller's faults are not recorded.
+    pub fn classifier<C2>(self, classifier: C2) -> BreakerBuilder<C2> {
+        BreakerBuilder {
+            config: self.config,
+            classifier,
+            emitter: self.emitter,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// For keyed breakers: the most keys that get a breaker of their own (default 64; at
+    /// least 1). Calls for further keys share one overflow breaker.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Builds a keyed layer: one breaker per key, the key taken from each request by `key_fn`
+    /// (a model or backend name). See [`KeyedBreakerLayer`].
+    pub fn build_keyed<K, F>(self, key_fn: F) -> KeyedBreakerLayer<K, F, C> {
+        KeyedBreakerLayer::from_builder(self, key_fn)
+    }
+
+    /// Builds the layer. Every service it makes shares one breaker.
+    pub fn build(self) -> BreakerLayer<C> {
+        BreakerLayer::from_builder(self)
+    }
+}

@@ -1,0 +1,438 @@
+//! The breaker's state machine: one atomic word, read without a lock on every call.
+//!
+//! The word packs the state, the half-open probe counters and an epoch that changes on every
+//! transition:
+//!
+//! ```text
+//! bits 0..3   state (closed, open, half-open, forced open, disabled)
+//! bits 3..18  probes in flight (half-open)
+//! bits 18..33 probes that succeeded (half-open)
+//! bits 33..64 epoch
+//! ```
+//!
+//! A closed call reads the word once when admitted and once when it completes (its outcome
+//! is recorded only if the epoch has not moved on). Half-open admission is a compare-and-swap
+//! on the word. Transitions take a mutex, so the open deadline and the re-open count change
+//! together with the state; they happen a few times per incident, never per call.
+
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{BreakerConfig, Window};
+use super::window::{Counts, Sample, SlidingWindow};
+use crate::event::{CircuitState, Emitter, Event};
+
+const TAG_BITS: u32 = 3;
+const PROBE_BITS: u32 = 15;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const PROBE_MASK: u64 = (1 << PROBE_BITS) - 1;
+const IN_FLIGHT_SHIFT: u32 = TAG_BITS;
+const SUCCESS_SHIFT: u32 = TAG_BITS + PROBE_BITS;
+const EPOCH_SHIFT: u32 = TAG_BITS + 2 * PROBE_BITS;
+
+/// How long a caller turned away by a busy half-open breaker should wait.
+const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
+
+fn tag_of(state: CircuitState) -> u64 {
+    match state {
+        CircuitState::Closed => 0,
+        CircuitState::Open => 1,
+        CircuitState::HalfOpen => 2,
+        CircuitState::ForcedOpen => 3,
+        CircuitState::Disabled => 4,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    fn new(state: CircuitState, epoch: u64) -> Self {
+        Word(tag_of(state) | (epoch << EPOCH_SHIFT))
+    }
+
+    fn state(self) -> CircuitState {
+        match self.0 & TAG_MASK {
+            0 => CircuitState::Closed,
+            1 => CircuitState::Open,
+            2 => CircuitState::HalfOpen,
+            3 => CircuitState::ForcedOpen,
+            _ => CircuitState::Disabled,
+        }
+    }
+
+    fn epoch(self) -> u64 {
+        self.0 >> EPOCH_SHIFT
+    }
+
+    fn in_flight(self) -> u64 {
+        (self.0 >> IN_FLIGHT_SHIFT) & PROBE_MASK
+    }
+
+    fn successes(self) -> u64 {
+        (self.0 >> SUCCESS_SHIFT) & PROBE_MASK
+    }
+
+    fn with_probes(self, in_flight: u64, successes: u64) -> Self {
+        let keep = self.0 & !((PROBE_MASK << IN_FLIGHT_SHIFT) | (PROBE_MASK << SUCCESS_SHIFT));
+        Word(keep | (in_flight << IN_FLIGHT_SHIFT) | (successes << SUCCESS_SHIFT))
+    }
+
+    fn same_phase(self, other: Word) -> bool {
+        self.state() == other.state() && self.epoch() == other.epoch()
+    }
+}
+
+/// What the breaker decided for one call.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Closed: call, and record the outcome if the breaker is still in this epoch.
+    Closed { epoch: u64 },
+    /// Half-open: call as a probe.
+    Probe(ProbePermit),
+    /// Disabled: call, record nothing.
+    Pass,
+    /// Open (or no probe free): fail fast.
+    Reject { retry_in: Duration },
+}
+
+#[derive(Debug)]
+struct Transitions {
+    /// Consecutive re-openings from half-open since the last close.
+    reopens: u32,
+}
+
+/// The state every service of one breaker shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: BreakerConfig,
+    pub(crate) emitter: Emitter,
+    word: AtomicU64,
+    /// When an open breaker lets probes through, in nanoseconds since `origin`.
+    open_until: AtomicU64,
+    origin: Instant,
+    window: SlidingWindow,
+    transitions: Mutex<Transitions>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: BreakerConfig, emitter: Emitter) -> Self {
+        let origin = Instant::now();
+        let window = match config.window {
+            Window::Count { size } => SlidingWindow::count(size),
+            Window::Time { duration, buckets } => SlidingWindow::time(duration, buckets, origin),
+        };
+        Shared {
+            config,
+            emitter,
+            word: AtomicU64::new(Word::new(CircuitState::Closed, 0).0),
+            open_until: AtomicU64::new(0),
+            origin,
+            window,
+            transitions: Mutex::new(Transitions { reopens: 0 }),
+        }
+    }
+
+    /// Whether completed calls need their start time (slow-call detection or a time window).
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.config.slow_call_duration.is_some() || self.window.is_timed()
+    }
+
+    fn load(&self) -> Word {
+        Word(self.word.load(Acquire))
+    }
+
+    fn nanos_since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        self.load().state()
+    }
+
+    /// Decides whether a call may go through.
+    pub(crate) fn admit(self: &Arc<Self>) -> Admission {
+        let mut word = self.load();
+        // An open breaker moves to half-open at most once here; then admission is decided
+        // on the new word.
+        for _ in 0..2 {
+            match word.state() {
+                CircuitState::Closed => {
+                    return Admission::Closed {
+                        epoch: word.epoch(),
+                    };
+                }
+                CircuitState::Disabled => return Admission::Pass,
+                CircuitState::ForcedOpen => {
+                    return Admission::Reject {
+                        retry_in: self.config.open_duration,
+                    };
+                }
+                CircuitState::Open => {
+                    let now = self.nanos_since_origin();
+                    let until = self.open_until.load(Relaxed);
+                    if now < until {
+                        return Admission::Reject {
+                            retry_in: Duration::from_nanos(until - now),
+                        };
+                    }
+                    self.transition(word, CircuitState::HalfOpen);
+                    word = self.load();
+                }
+                CircuitState::HalfOpen => return self.admit_probe(word),
+            }
+        }
+        Admission::Reject {
+            retry_in: HALF_OPEN_RETRY,
+        }
+    }
+
+    fn admit_probe(self: &Arc<Self>, mut word: Word) -> Admission {
+        let limit = u64::from(self.config.half_open_probes);
+        loop {
+            if word.state() != CircuitState::HalfOpen {
+                return self.admit_after_race(word);
+            }
+            if word.in_flight() + word.successes() >= limit {
+                return Admission::Reject {
+                    retry_in: HALF_OPEN_RETRY,
+                };
+            }
+            let next = word.with_probes(word.in_flight() + 1, word.successes());
+            match self
+                .word
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    return Admission::Probe(ProbePermit {
+                        shared: self.clone(),
+                        epoch: word.epoch(),
+                        settled: false,
+                    });
+                }
+                Err(current) => word = Word(current),
+            }
+        }
+    }
+
+    /// The state changed under a probe admission: decide once more, without looping.
+    fn admit_after_race(&self, word: Word) -> Admission {
+        match word.state() {
+            CircuitState::Closed => Admission::Closed {
+                epoch: word.epoch(),
+            },
+            CircuitState::Disabled => Admission::Pass,
+            _ => Admission::Reject {
+                retry_in: HALF_OPEN_RETRY,
+            },
+        }
+    }
+
+    /// Records a closed-state call that completed; `None` is a result that does not count.
+    pub(crate) fn record_closed(&self, epoch: u64, sample: Option<Sample>, now: Option<Instant>) {
+        let Some(sample) = sample else { return };
+        let word = self.load();
+        if word.state() != CircuitState::Closed || word.epoch() != epoch {
+            return;
+        }
+        if let Some(counts) = self.window.record(sample, now)
+            && self.should_trip(counts)
+        {
+            self.transition(word, CircuitState::Open);
+        }
+    }
+
+    fn should_trip(&self, c: Counts) -> bool {
+        let cfg = &self.config;
+        if c.calls < cfg.minimum_calls || c.calls == 0 {
+            return false;
+        }
+        let calls = u64::from(c.calls);
+        let over =
+            |count: u32, bp: u32| count > 0 && u64::from(count) * 10_000 >= u64::from(bp) * calls;
+        over(c.failures, cfg.failure_rate_bp)
+            || (cfg.slow_call_duration.is_some() && over(c.slow, cfg.slow_call_rate_bp))
+    }
+
+    /// Moves from the phase of `from` to `to`; does nothing if the breaker already left it.
+    fn transition(&self, from: Word, to: CircuitState) -> bool {
+        let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.load();
+        if !current.same_phase(from) {
+            return false;
+        }
+        self.enter(&mut transitions, from.state(), to);
+        let next = Word::new(to, from.epoch().wrapping_add(1));
+        // Half-open probe counters may move under us; the phase may not (we hold the lock).
+        while let Err(actual) = self
+            .word
+            .compare_exchange_weak(current.0, next.0, AcqRel, Acquire)
+        {
+            current = Word(actual);
+        }
+        drop(transitions);
+        self.report(from.state(), to);
+        true
+    }
+
+    /// Forces the breaker into `to` from whatever state it is in.
+    pub(crate) fn force(&self, to: CircuitState) {
+        let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.load();
+        // Entering closed clears the window and the re-open count, even from closed.
+        self.enter(&mut transitions, from.state(), to);
+        let next = Word::new(to, from.epoch().wrapping_add(1));
+        let previous = Word(self.word.swap(next.0, AcqRel));
+        drop(transitions);
+        if previous.state() != to {
+            self.report(previous.state(), to);
+        }
+    }
+
+    /// The side effects of entering `to`, under the transition lock.
+    fn enter(&self, transitions: &mut Transitions, from: CircuitState, to: CircuitState) {
+        match to {
+            CircuitState::Open => {
+                if from == CircuitState::HalfOpen {
+                    transitions.reopens = transitions.reopens.saturating_add(1);
+                }
+                let open_for = self.config.open_duration_after(transitions.reopens);
+                let open_for = u64::try_from(open_for.as_nanos()).unwrap_or(u64::MAX);
+                self.open_until
+                    .store(self.nanos_since_origin().saturating_add(open_for), Relaxed);
+            }
+            CircuitState::Closed => {
+                transitions.reopens = 0;
+                self.window.reset();
+            }
+            CircuitState::HalfOpen | CircuitState::ForcedOpen | CircuitState::Disabled => {}
+        }
+    }
+
+    fn report(&self, from: CircuitState, to: CircuitState) {
+        self.emitter.emit(&Event::BreakerTransition {
+            breaker: &self.config.name,
+            from,
+            to,
+        });
+    }
+
+    pub(crate) fn report_rejection(&self, retry_in: Duration) {
+        self.emitter.emit(&Event::CallRejected {
+            breaker: &self.config.name,
+            retry_in,
+        });
+    }
+
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
+        let word = self.load();
+        let counts = self.window.counts();
+        let rate = |n: u32| {
+            if counts.calls == 0 {
+                0.0
+            } else {
+                f64::from(n) / f64::from(counts.calls)
+            }
+        };
+        let retry_in = match word.state() {
+            CircuitState::Open => {
+                let until = self.open_until.load(Relaxed);
+                Some(Duration::from_nanos(
+                    until.saturating_sub(self.nanos_since_origin()),
+                ))
+            }
+            _ => None,
+        };
+        BreakerSnapshot {
+            state: word.state(),
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            failure_rate: rate(counts.failures),
+            slow_call_rate: rate(counts.slow),
+            probes_in_flight: word.in_flight() as u32,
+            retry_in,
+        }
+    }
+}
+
+/// A half-open probe's claim on one of the probe places; returned if the call is dropped.
+#[derive(Debug)]
+pub(crate) struct ProbePermit {
+    shared: Arc<Shared>,
+    epoch: u64,
+    settled: bool,
+}
+
+impl ProbePermit {
+    /// Settles the probe with its result; `None` (a result that does not count) just frees
+    /// the place.
+    pub(crate) fn complete(mut self, sample: Option<Sample>) {
+        self.settled = true;
+        match sample {
+            None => self.release(false),
+            Some(s) if s.failure || s.slow => {
+                let word = self.shared.load();
+                if word.state() == CircuitState::HalfOpen && word.epoch() == self.epoch {
+                    self.shared.transition(word, CircuitState::Open);
+                }
+            }
+            Some(_) => self.release(true),
+        }
+    }
+
+    fn release(&self, succeeded: bool) {
+        let shared = &self.shared;
+        let mut word = shared.load();
+        loop {
+            if word.state() != CircuitState::HalfOpen || word.epoch() != self.epoch {
+                return;
+            }
+            let successes = word.successes() + u64::from(succeeded);
+            let next = word.with_probes(word.in_flight().saturating_sub(1), successes);
+            match shared
+                .word
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => break,
+                Err(current) => word = Word(current),
+            }
+        }
+        if succeeded && word.successes() + 1 >= u64::from(shared.config.half_open_probes) {
+            shared.transition(word, CircuitState::Closed);
+        }
+    }
+}
+
+impl Drop for ProbePermit {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.release(false);
+        }
+    }
+}
+
+/// A point-in-time view of a breaker, from [`BreakerHandle::snapshot`](super::BreakerHandle::snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BreakerSnapshot {
+    /// The current state.
+    pub state: CircuitState,
+    /// Calls in the window.
+    pub calls: u32,
+    /// Failed calls in the window.
+    pub failures: u32,
+    /// Slow calls in the window.
+    pub slow_calls: u32,
+    /// Failures over calls in the window (0 when empty).
+    pub failure_rate: f64,
+    /// Slow calls over calls in the window (0 when empty).
+    pub slow_call_rate: f64,
+    /// Probes running now (half-open).
+    pub probes_in_flight: u32,
+    /// When open: time until probes are let through.
+    pub retry_in: Option<Duration>,
+}
