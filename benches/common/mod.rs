@@ -1,0 +1,78 @@
+//! Helpers shared by the benchmarks: a bare service and a per-call timer for 1 or 2 threads.
+#![allow(dead_code)]
+
+use std::future::{Ready, ready};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use tower::{Service, ServiceExt, service_fn, util::ServiceFn};
+use tower_inference::InferenceError;
+
+/// The cheapest possible inference service: answers its request at once.
+pub type Bare = ServiceFn<fn(u64) -> Ready<Result<u64, InferenceError>>>;
+
+/// A service that answers at once, the baseline a layer's overhead is measured against.
+pub fn bare() -> Bare {
+    service_fn(|n: u64| ready(Ok(n)))
+}
+
+/// How many threads call one shared service at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Threads {
+    One,
+    Two,
+}
+
+impl Threads {
+    pub fn label(self) -> &'static str {
+        match self {
+            Threads::One => "1_thread",
+            Threads::Two => "2_threads",
+        }
+    }
+
+    fn count(self) -> usize {
+        match self {
+            Threads::One => 1,
+            Threads::Two => 2,
+        }
+    }
+}
+
+/// Runs `iters` calls on each of `threads` threads, each with its own clone of `svc` and its
+/// own current-thread runtime, all started together; returns the wall time, i.e. the time
+/// per call one thread sees, times `iters`.
+pub fn per_call<S>(svc: &S, threads: Threads, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let n = threads.count();
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a tokio runtime");
+                rt.block_on(async {
+                    barrier.wait();
+                    for i in 0..iters {
+                        let ready = svc.ready().await.expect("ready");
+                        std::hint::black_box(ready.call(i).await.is_ok());
+                    }
+                });
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for worker in workers {
+        worker.join().expect("a benchmark thread");
+    }
+    start.elapsed()
+}
