@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_inference::breaker::BreakerLayer;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
-use tower_inference::{Classify, DefaultClassifier, GenerationParams, InferenceError};
+use tower_inference::{Classify, DefaultClassifier, Event, GenerationParams, InferenceError};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -67,6 +68,72 @@ async fn main() {
         "\nmock GPU: {} calls, {} succeeded, {} failed",
         stats.calls, stats.succeeded, stats.failed
     );
+
+    breaker_drill().await;
+}
+
+/// Kill the model behind a circuit breaker, watch the breaker open and fail fast, revive
+/// the model, and watch half-open probes close the breaker again.
+async fn breaker_drill() {
+    println!("\n== circuit breaker: breaker -> timeout -> MockGpu ==\n");
+    let gpu = MockGpu::builder()
+        .name("llama-mock-8b")
+        .base_latency(Duration::from_millis(2))
+        .per_token_latency(Duration::ZERO)
+        .build();
+    let gpu_handle = gpu.handle();
+    let breaker = BreakerLayer::builder()
+        .name("llama-mock-8b")
+        .count_window(20)
+        .minimum_calls(5)
+        .failure_rate_threshold(0.5)
+        .open_duration(Duration::from_millis(300))
+        .half_open_probes(2)
+        .event_sink(|event: &Event<'_>| {
+            if let Event::BreakerTransition { breaker, from, to } = event {
+                println!("    [event] breaker {breaker}: {from} -> {to}");
+            }
+        })
+        .build();
+    let breaker_handle = breaker.handle();
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker)
+        .timeout(Duration::from_secs(2))
+        .service(gpu);
+
+    let mut send = async |label: &str| {
+        let result = call(&mut svc, InferenceRequest::new("status?").max_tokens(4)).await;
+        let calls = gpu_handle.stats().calls;
+        let state = breaker_handle.state();
+        match result {
+            Ok(_) => println!(
+                "{label:<26} ok           (breaker {state}, backend calls so far: {calls})"
+            ),
+            Err(err) => {
+                let kind =
+                    Classify::<Completion, BoxError>::classify(&DefaultClassifier, Err(&err))
+                        .kind()
+                        .map_or("unknown", |k| k.code());
+                println!(
+                    "{label:<26} error {kind:<15} (breaker {state}, backend calls so far: {calls})"
+                );
+            }
+        }
+    };
+
+    send("healthy").await;
+    gpu_handle.kill();
+    println!("  -- the backend is killed --");
+    for i in 1..=7 {
+        send(&format!("while down #{i}")).await;
+    }
+    gpu_handle.revive();
+    println!("  -- the backend is revived; waiting out the open duration --");
+    send("still open").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 1..=3 {
+        send(&format!("after the wait #{i}")).await;
+    }
 }
 
 async fn call<S>(svc: &mut S, request: InferenceRequest) -> Result<Completion, BoxError>

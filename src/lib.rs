@@ -25,6 +25,12 @@
 //! - [`Event`] and [`EventSink`]: what layers did, for metrics and logs (also `tracing`);
 //! - [`Degrade`] and [`GenerationParams`]: how a request is made cheaper.
 //!
+//! The layers:
+//!
+//! - [`breaker`]: a three-state circuit breaker (closed, open, half-open with a limited number
+//!   of probes) over a count or time window, lock-free on the closed path, optionally one
+//!   breaker per model key.
+//!
 //! Layers that must create an error ask for `E: From<InferenceError>`, which both
 //! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
 //! `timeout`, `load_shed` and `limit` layers. All timing goes through `tokio::time`, so tests

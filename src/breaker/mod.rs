@@ -44,6 +44,20 @@
 //! contend on a reference count. Transitions take a mutex; they happen a few times per
 //! incident.
 //!
+//! Measured by `benches/breaker.rs` (criterion, 2-core x86-64 VM), time per call through the
+//! closed breaker in front of a service that answers at once, next to `tower-resilience`
+//! 0.13's circuit breaker on the same service:
+//!
+//! | | 1 thread | 2 threads sharing one breaker |
+//! |---|---|---|
+//! | bare service | 17.0 ns | 17.1 ns |
+//! | `tower-inference` breaker | 55.9 ns (+38.9 ns) | 51.9 – 59.0 ns over runs |
+//! | `tower-resilience` 0.13 breaker | 367.9 ns (+350.9 ns) | 37 – 50 µs |
+//!
+//! The overhead is about a ninth of `tower-resilience`'s on one thread, and two threads
+//! sharing one breaker see the same time per call as two threads with a breaker each (the
+//! spread is run-to-run noise); `tower-resilience` takes an async mutex on every call.
+//!
 //! # Example
 //!
 //! ```
