@@ -94,6 +94,8 @@ pub mod error;
 pub mod event;
 pub mod params;
 pub mod provenance;
+pub mod retry;
+mod rng;
 
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -13,8 +13,8 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::types::{call_rng, clamp_probability};
 use crate::error::InferenceError;
+use crate::rng::{clamp_probability, draw_rng};
 
 #[derive(Debug)]
 struct ChaosShared {
@@ -228,7 +228,7 @@ where
         if !s.enabled.load(Relaxed) {
             return ChaosFuture::passed(self.inner.call(req), Duration::ZERO);
         }
-        let mut rng = call_rng(s.seed, s.calls.fetch_add(1, Relaxed));
+        let mut rng = draw_rng(s.seed, s.calls.fetch_add(1, Relaxed));
         if rng.random::<f64>() < f64::from_bits(s.error_rate.load(Relaxed)) {
             s.injected_errors.fetch_add(1, Relaxed);
             let error = s.errors[rng.random_range(0..s.errors.len())].clone();

@@ -15,9 +15,10 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use super::handle::{MockGpuHandle, Shared};
-use super::types::{Completion, InferenceRequest, call_rng, generate_text};
+use super::types::{Completion, InferenceRequest, generate_text};
 use crate::error::{InferenceError, ModelFailure};
 use crate::provenance::Provenance;
+use crate::rng::draw_rng;
 
 #[derive(Debug, Clone)]
 pub(crate) struct MockGpuConfig {
@@ -392,7 +393,7 @@ impl Job {
             counter: &shared.memory_used_mib,
             mib: self.cost_mib,
         };
-        let mut rng = call_rng(shared.config.seed, self.n);
+        let mut rng = draw_rng(shared.config.seed, self.n);
         if rng.random::<f64>() < shared.hang_rate() {
             std::future::pending::<()>().await;
         }

@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::gpu::MockGpuConfig;
-use super::types::clamp_probability;
+use crate::rng::clamp_probability;
 
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rand::{Rng, rngs::SmallRng};
 use serde::{Deserialize, Serialize};
 
 use crate::params::{Degrade, GenerationParams, Scale};
@@ -111,17 +111,4 @@ pub(crate) fn generate_text(tokens: u32, rng: &mut SmallRng) -> String {
         text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
     }
     text
-}
-
-/// A reproducible RNG for call number `n` of a component seeded with `seed`.
-///
-/// Each call gets its own generator from one atomic counter, so drawing costs no lock and a
-/// run that makes the same calls in the same order sees the same faults.
-pub(crate) fn call_rng(seed: u64, n: u64) -> SmallRng {
-    SmallRng::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
-
-/// A probability stored as the bits of an `f64`, clamped to `[0, 1]` (NaN is 0).
-pub(crate) fn clamp_probability(p: f64) -> f64 {
-    if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }
 }

@@ -1,0 +1,274 @@
+//! [`RetryBudget`]: Finagle's retry budget, without a lock.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::InferenceError;
+
+/// Buckets the time-to-live is cut into; the window slides a bucket at a time.
+const BUCKETS: usize = 10;
+/// Deposit stripes; threads beyond this many share stripes (still correct, just contended).
+const STRIPES: usize = 16;
+/// One retry, in thousandths: percentages are kept exact to 0.1 %.
+const WITHDRAWAL: u64 = 1_000;
+
+/// A ring of `BUCKETS` counters, each packed as `period << 32 | count`, so moving a bucket
+/// on to a new period and counting in it are single atomic operations.
+#[derive(Default)]
+#[repr(align(128))]
+struct Ring([AtomicU64; BUCKETS]);
+
+impl Ring {
+    fn add(&self, period: u32) {
+        let cell = &self.0[period as usize % BUCKETS];
+        let mut current = cell.load(Relaxed);
+        loop {
+            if (current >> 32) as u32 == period {
+                cell.fetch_add(1, Relaxed);
+                return;
+            }
+            match cell.compare_exchange_weak(current, pack(period, 1), Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The counts of the buckets of `period` and the `BUCKETS - 1` periods before it,
+    /// leaving out the bucket at index `skip`, if any.
+    fn sum(&self, period: u32, skip: Option<usize>) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, cell)| cell.load(Relaxed))
+            .filter(|&word| in_window((word >> 32) as u32, period))
+            .map(count)
+            .sum()
+    }
+}
+
+fn pack(period: u32, count: u64) -> u64 {
+    (u64::from(period) << 32) | count
+}
+
+fn count(word: u64) -> u64 {
+    word & u64::from(u32::MAX)
+}
+
+fn in_window(bucket: u32, now: u32) -> bool {
+    bucket != 0 && now.wrapping_sub(bucket) < BUCKETS as u32
+}
+
+thread_local! {
+    static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's deposit stripe, handed out round-robin on first use.
+fn stripe() -> usize {
+    STRIPE.with(|s| match s.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+            s.set(Some(i));
+            i
+        }
+    })
+}
+
+/// A retry budget: retries may be at most a share of recent requests, plus a small reserve.
+///
+/// The semantics are Finagle's, as in `tower::retry::budget::TpsBudget`: every first attempt
+/// **deposits**, every retry **withdraws**, and a retry is allowed only while
+/// `reserve + retry_percent × deposits − withdrawals ≥ 1`, counting deposits and withdrawals
+/// of the last `ttl`, with `reserve = min_per_sec × ttl`. During an outage retries therefore
+/// add at most `retry_percent` to the load (plus the reserve), instead of multiplying it by
+/// the number of attempts.
+///
+/// Unlike `TpsBudget`, which takes a mutex on every deposit and withdrawal, this budget takes
+/// none: deposits go to a per-thread stripe of atomic counters (so two threads never write
+/// the same cache line on the success path), and a withdrawal is a compare-and-swap that
+/// re-checks the balance, so concurrent retries never overdraw it. It implements tower's
+/// [`Budget`](tower::retry::budget::Budget) trait and plugs into plain `tower::retry::Retry`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_inference::retry::RetryBudget;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // 10 % of requests may be retried, plus 1 retry a second over a 10 s window.
+/// let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1).unwrap();
+/// for _ in 0..100 {
+///     budget.deposit();
+/// }
+/// let retries = (0..1_000).take_while(|_| budget.withdraw()).count();
+/// assert_eq!(retries, 10 + 10); // 10 % of 100, plus the 10-retry reserve
+/// # }
+/// ```
+pub struct RetryBudget {
+    deposits: Box<[Ring]>,
+    withdrawals: Ring,
+    origin: Instant,
+    bucket_nanos: u64,
+    reserve: u64,
+    deposit_amount: u64,
+    ttl: Duration,
+    retry_percent: f64,
+    min_per_sec: u32,
+}
+
+impl RetryBudget {
+    /// A budget over the last `ttl` (1 to 60 s) that allows `min_per_sec` retries a second
+    /// whatever the traffic, plus `retry_percent` (0 to 1000, e.g. `0.1` for 10 %) of the
+    /// requests.
+    ///
+    /// Out-of-range values are an [`InferenceError::InvalidInput`] naming the setting.
+    pub fn new(
+        ttl: Duration,
+        min_per_sec: u32,
+        retry_percent: f64,
+    ) -> Result<Self, InferenceError> {
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
+            return Err(InferenceError::invalid_input(
+                "retry budget ttl must be between 1 and 60 seconds",
+            ));
+        }
+        if !(0.0..=1000.0).contains(&retry_percent) {
+            return Err(InferenceError::invalid_input(
+                "retry budget retry_percent must be between 0 and 1000",
+            ));
+        }
+        Ok(RetryBudget::unchecked(ttl, min_per_sec, retry_percent))
+    }
+
+    fn unchecked(ttl: Duration, min_per_sec: u32, retry_percent: f64) -> Self {
+        let bucket_nanos = u64::try_from(ttl.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
+        RetryBudget {
+            deposits: (0..STRIPES).map(|_| Ring::default()).collect(),
+            withdrawals: Ring::default(),
+            origin: Instant::now(),
+            bucket_nanos: bucket_nanos.max(1),
+            reserve: u64::from(min_per_sec)
+                .saturating_mul(ttl.as_secs())
+                .saturating_mul(WITHDRAWAL),
+            deposit_amount: (retry_percent * WITHDRAWAL as f64).round() as u64,
+            ttl,
+            retry_percent,
+            min_per_sec,
+        }
+    }
+
+    /// The time-to-live of deposits and withdrawals.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The share of requests that may be retried.
+    pub fn retry_percent(&self) -> f64 {
+        self.retry_percent
+    }
+
+    /// Retries a second allowed whatever the traffic.
+    pub fn min_per_sec(&self) -> u32 {
+        self.min_per_sec
+    }
+
+    /// The current period number; 0 is reserved for "never written".
+    fn period(&self) -> u32 {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        ((nanos / self.bucket_nanos) as u32).wrapping_add(1).max(1)
+    }
+
+    /// Records a first attempt. Takes no lock and, from different threads, writes different
+    /// cache lines.
+    #[inline]
+    pub fn deposit(&self) {
+        self.deposits[stripe()].add(self.period());
+    }
+
+    /// Takes one retry from the budget if the balance allows it.
+    ///
+    /// Takes no lock: the withdrawal is a compare-and-swap on the current bucket that fails,
+    /// and re-checks the balance, if another retry got in first.
+    pub fn withdraw(&self) -> bool {
+        let period = self.period();
+        let index = period as usize % BUCKETS;
+        let available = self
+            .reserve
+            .saturating_add(self.deposited(period).saturating_mul(self.deposit_amount));
+        // Only the current bucket can change under us within this period.
+        let earlier = self.withdrawals.sum(period, Some(index));
+        let cell = &self.withdrawals.0[index];
+        let mut current = cell.load(Acquire);
+        loop {
+            let now = if (current >> 32) as u32 == period {
+                count(current)
+            } else {
+                0
+            };
+            let withdrawn = (earlier + now).saturating_mul(WITHDRAWAL);
+            if available < withdrawn.saturating_add(WITHDRAWAL) {
+                return false;
+            }
+            match cell.compare_exchange_weak(current, pack(period, now + 1), AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn deposited(&self, period: u32) -> u64 {
+        self.deposits
+            .iter()
+            .map(|ring| ring.sum(period, None))
+            .sum()
+    }
+
+    /// Retries the budget would allow right now.
+    pub fn balance(&self) -> u64 {
+        let period = self.period();
+        let available = self
+            .reserve
+            .saturating_add(self.deposited(period).saturating_mul(self.deposit_amount));
+        let withdrawn = self
+            .withdrawals
+            .sum(period, None)
+            .saturating_mul(WITHDRAWAL);
+        available.saturating_sub(withdrawn) / WITHDRAWAL
+    }
+}
+
+impl Default for RetryBudget {
+    /// Tower's and Finagle's default: a 10 s window, 10 retries a second, 20 % of requests.
+    fn default() -> Self {
+        RetryBudget::unchecked(Duration::from_secs(10), 10, 0.2)
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("ttl", &self.ttl)
+            .field("min_per_sec", &self.min_per_sec)
+            .field("retry_percent", &self.retry_percent)
+            .field("balance", &self.balance())
+            .finish()
+    }
+}
+
+impl tower::retry::budget::Budget for RetryBudget {
+    fn deposit(&self) {
+        RetryBudget::deposit(self)
+    }
+
+    fn withdraw(&self) -> bool {
+        RetryBudget::withdraw(self)
+    }
+}

@@ -1,0 +1,137 @@
+//! The retry layer's response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::policy::{Attempts, Decision, OomRetry};
+use super::service::Local;
+use crate::classify::Classify;
+use crate::provenance::Annotate;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, Req, C, D>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // What retries need; `None` when a single attempt was allowed.
+        retry: Option<RetryState<S, Req, C, D>>,
+    }
+}
+
+struct RetryState<S, Req, C, D> {
+    svc: S,
+    req: Req,
+    local: Arc<Local<C, D>>,
+    attempts: Attempts,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is running.
+        Calling { #[pin] fut: F },
+        // Waiting out the delay before the next attempt.
+        Waiting { #[pin] sleep: Sleep },
+        // Waiting for the service to be ready for the next attempt.
+        Readying,
+    }
+}
+
+impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
+    pub(crate) fn new(
+        fut: S::Future,
+        svc: S,
+        req: Req,
+        local: Arc<Local<C, D>>,
+        attempts: Attempts,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut },
+            retry: Some(RetryState {
+                svc,
+                req,
+                local,
+                attempts,
+            }),
+        }
+    }
+
+    pub(crate) fn once(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut },
+            retry: None,
+        }
+    }
+}
+
+impl<S: Service<Req>, Req, C, D> std::fmt::Debug for ResponseFuture<S, Req, C, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Calling { .. } => "Calling",
+            State::Waiting { .. } => "Waiting",
+            State::Readying => "Readying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempts", &self.retry.as_ref().map(|r| r.attempts))
+            .finish()
+    }
+}
+
+impl<S, Req, C, D> Future for ResponseFuture<S, Req, C, D>
+where
+    S: Service<Req>,
+    S::Response: Annotate,
+    Req: Clone,
+    C: Classify<S::Response, S::Error>,
+    D: OomRetry<Req>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { fut } => {
+                    let mut result = ready!(fut.poll(cx));
+                    let Some(retry) = this.retry.as_mut() else {
+                        return Poll::Ready(result);
+                    };
+                    let shared = &retry.local.shared;
+                    match shared.decide(&mut retry.attempts, &mut retry.req, &mut result) {
+                        Decision::Done => return Poll::Ready(result),
+                        Decision::RetryAfter(delay) if delay.is_zero() => {
+                            this.state.set(State::Readying)
+                        }
+                        Decision::RetryAfter(delay) => this.state.set(State::Waiting {
+                            sleep: tokio::time::sleep(delay),
+                        }),
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    let Some(retry) = this.retry.as_mut() else {
+                        unreachable!("only a retrying future waits for readiness");
+                    };
+                    if let Err(e) = ready!(retry.svc.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let fut = retry.svc.call(retry.req.clone());
+                    this.state.set(State::Calling { fut });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Retries that are worth it, and never a retry storm.
+//!
+//! [`RetryLayer`] retries a failed call only when its [`Outcome`](crate::Outcome), from
+//! [`Classify`](crate::Classify), is worth retrying: a timeout, an overload, a model still
+//! loading, an infrastructure failure, and (with [`RetryBuilder::oom_retry`]) an out-of-memory
+//! failure, once, with a smaller request. The caller's faults are never retried, nor is an
+//! open circuit (a fallback above answers that).
+//!
+//! - **Attempts and time**: at most `max_attempts` calls in all, separated by
+//!   exponential [`Backoff`] with full jitter; an optional overall deadline stops any retry
+//!   whose delay would end past it.
+//! - **Retry-After**: a failure's retry-after (from `Overloaded` or an HTTP `Retry-After`)
+//!   replaces the computed delay when larger; above `max_retry_after` the call is not retried.
+//! - **Budget**: every first attempt deposits into a [`RetryBudget`] shared by all clones and
+//!   every retry withdraws from it; when it is empty, retries stop with the last error and a
+//!   `BudgetExhausted` event. An outage therefore adds at most the budget's share of load.
+//! - **Provenance**: an answer that took more than one attempt says how many (and whether an
+//!   out-of-memory retry shrank its request); events `RetryScheduled` and `BudgetExhausted`.
+//!
+//! Requests must be `Clone` (each attempt sends a copy); responses must implement
+//! [`Annotate`](crate::Annotate).
+//!
+//! | setting | default |
+//! |---|---|
+//! | `max_attempts` | 3 (the first included) |
+//! | `backoff` | 100 ms × 2ⁿ, capped at 10 s, full jitter |
+//! | `deadline` | none |
+//! | `max_retry_after` | 30 s |
+//! | `budget` | 10 s window, 10 retries a second, 20 % of requests |
+//! | out-of-memory retry | off |
+//!
+//! # tower's `Retry`, and why this layer does not use it
+//!
+//! The decisions are also a [`tower::retry::Policy`] ([`RetryPolicy`], from
+//! [`RetryBuilder::build_policy`]) for use with `tower::retry::Retry`, and [`RetryBudget`]
+//! implements tower's `Budget`. `RetryLayer` itself drives the same decisions with its own
+//! small service, because tower's `Retry` clones its policy, and so the `Arc` of shared state
+//! it holds, for every request: with two threads that reference count is one cache line both
+//! write on every call. `benches/retry.rs` measures both.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_inference::retry::RetryLayer;
+//! use tower_inference::{Annotate, InferenceError, Served};
+//!
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let counter = calls.clone();
+//! let flaky = service_fn(move |prompt: &'static str| {
+//!     let n = counter.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         if n == 0 {
+//!             Err(InferenceError::Timeout { after: std::time::Duration::from_secs(30) })
+//!         } else {
+//!             Ok(Served::new(prompt.len()))
+//!         }
+//!     }
+//! });
+//! let svc = ServiceBuilder::new().layer(RetryLayer::new()).service(flaky);
+//! let answer = svc.oneshot("hello").await.unwrap();
+//! assert_eq!(*answer, 5);
+//! assert_eq!(answer.provenance.attempts, 2);
+//! # }
+//! ```
+
+mod backoff;
+mod budget;
+mod future;
+mod layer;
+mod policy;
+mod service;
+
+pub use self::backoff::Backoff;
+pub use self::budget::RetryBudget;
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryBuilder, RetryLayer};
+pub use self::policy::{NoOomRetry, OOM_WARNING, OomRetry, RetryPolicy, ShrinkOnOom};
+pub use self::service::Retry;
