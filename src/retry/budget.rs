@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,7 +27,10 @@ impl Ring {
         let cell = &self.0[period as usize % BUCKETS];
         let mut current = cell.load(Relaxed);
         loop {
-            if (current >> 32) as u32 == period {
+            let bucket = (current >> 32) as u32;
+            // A bucket already moved on past `period` (by a thread with a fresher clock
+            // reading) takes the count as it is, rather than being wound back.
+            if bucket == period || (bucket != 0 && bucket.wrapping_sub(period) < u32::MAX / 2) {
                 cell.fetch_add(1, Relaxed);
                 return;
             }
@@ -64,8 +67,21 @@ fn in_window(bucket: u32, now: u32) -> bool {
     bucket != 0 && now.wrapping_sub(bucket) < BUCKETS as u32
 }
 
+/// A thread reads the clock once every this many deposits.
+const CLOCK_EVERY: u32 = 64;
+
 thread_local! {
     static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
+    static DEPOSITS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this deposit should read the clock.
+fn clock_due() -> bool {
+    DEPOSITS.with(|n| {
+        let next = n.get().wrapping_add(1);
+        n.set(next);
+        next % CLOCK_EVERY == 1
+    })
 }
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
@@ -114,6 +130,8 @@ fn stripe() -> usize {
 /// ```
 pub struct RetryBudget {
     deposits: Box<[Ring]>,
+    /// The latest period any thread has read off the clock; deposits are counted in it.
+    period_hint: AtomicU32,
     withdrawals: Ring,
     origin: Instant,
     bucket_nanos: u64,
@@ -152,6 +170,7 @@ impl RetryBudget {
         let bucket_nanos = u64::try_from(ttl.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
         RetryBudget {
             deposits: (0..STRIPES).map(|_| Ring::default()).collect(),
+            period_hint: AtomicU32::new(1),
             withdrawals: Ring::default(),
             origin: Instant::now(),
             bucket_nanos: bucket_nanos.max(1),
@@ -180,17 +199,31 @@ impl RetryBudget {
         self.min_per_sec
     }
 
-    /// The current period number; 0 is reserved for "never written".
+    /// The current period number, read off the clock; 0 is reserved for "never written".
     fn period(&self) -> u32 {
         let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        ((nanos / self.bucket_nanos) as u32).wrapping_add(1).max(1)
+        let period = ((nanos / self.bucket_nanos) as u32).wrapping_add(1).max(1);
+        if period > self.period_hint.load(Relaxed) {
+            self.period_hint.fetch_max(period, Relaxed);
+        }
+        period
     }
 
     /// Records a first attempt. Takes no lock and, from different threads, writes different
     /// cache lines.
+    ///
+    /// To stay cheap, a thread reads the clock only once every 64 deposits (withdrawals
+    /// always do); in between, deposits count in the latest period any thread has read. A
+    /// deposit may so be counted slightly early and leave the window slightly early: the
+    /// budget errs towards fewer retries, never more.
     #[inline]
     pub fn deposit(&self) {
-        self.deposits[stripe()].add(self.period());
+        let period = if clock_due() {
+            self.period()
+        } else {
+            self.period_hint.load(Relaxed)
+        };
+        self.deposits[stripe()].add(period);
     }
 
     /// Takes one retry from the budget if the balance allows it.

@@ -39,14 +39,16 @@ pin_project! {
     enum State<F> {
         // An attempt is running.
         Calling { #[pin] fut: F },
-        // Waiting out the delay before the next attempt.
-        Waiting { #[pin] sleep: Sleep },
+        // Waiting out the delay before the next attempt (boxed: it is the rare path, and
+        // keeping the timer out of line keeps the future small on the common one).
+        Waiting { sleep: Pin<Box<Sleep>> },
         // Waiting for the service to be ready for the next attempt.
         Readying,
     }
 }
 
 impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
+    #[inline]
     pub(crate) fn new(
         fut: S::Future,
         svc: S,
@@ -97,6 +99,7 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -113,12 +116,12 @@ where
                             this.state.set(State::Readying)
                         }
                         Decision::RetryAfter(delay) => this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {

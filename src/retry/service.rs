@@ -67,10 +67,12 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S, Req, C, D>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.local.shared;
         let attempts = shared.begin();
