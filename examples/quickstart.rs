@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
+use tower_inference::mock::ChaosLayer;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
+use tower_inference::retry::{Backoff, RetryLayer};
 use tower_inference::{Classify, DefaultClassifier, Event, GenerationParams, InferenceError};
 
 #[tokio::main(flavor = "current_thread")]
@@ -70,6 +72,65 @@ async fn main() {
     );
 
     breaker_drill().await;
+    retry_drill().await;
+}
+
+/// A flaky model (30 % of calls fail with a retryable error) behind the retry layer: most
+/// answers come at once, the rest on a later try, and the answer says how many it took.
+async fn retry_drill() {
+    println!("\n== retry: retry(budget) -> chaos(30 % failures) -> MockGpu ==\n");
+    let chaos = ChaosLayer::builder()
+        .error_rate(0.3)
+        .errors([
+            InferenceError::Timeout {
+                after: Duration::from_secs(2),
+            },
+            InferenceError::infrastructure(),
+        ])
+        .seed(7)
+        .build();
+    let chaos_handle = chaos.handle();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::new(
+            Duration::from_millis(5),
+            2.0,
+            Duration::from_millis(50),
+        ))
+        .event_sink(|event: &Event<'_>| {
+            if let Event::RetryScheduled {
+                attempt,
+                kind,
+                delay,
+            } = event
+            {
+                println!("    [event] {kind}: attempt {attempt} in {delay:?}");
+            }
+        })
+        .build();
+    let mut svc = ServiceBuilder::new().layer(retry).layer(chaos).service(
+        MockGpu::builder()
+            .base_latency(Duration::from_millis(2))
+            .build(),
+    );
+
+    for i in 1..=8 {
+        let request = InferenceRequest::new(format!("question {i}")).max_tokens(4);
+        match svc.ready().await.map(|s| s.call(request)) {
+            Ok(call) => match call.await {
+                Ok(done) => println!(
+                    "request {i}: ok after {} attempt(s)",
+                    done.provenance.attempts
+                ),
+                Err(err) => println!("request {i}: failed after every attempt: {err}"),
+            },
+            Err(err) => println!("request {i}: not ready: {err}"),
+        }
+    }
+    println!(
+        "\nchaos injected {} failures; the retry layer answered through them",
+        chaos_handle.injected_errors()
+    );
 }
 
 /// Kill the model behind a circuit breaker, watch the breaker open and fail fast, revive
