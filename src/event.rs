@@ -120,6 +120,13 @@ pub enum Event<'a> {
         /// How it failed.
         kind: ErrorKind,
     },
+    /// A fallback cache store failed to read or write; the response was not affected.
+    CacheFailed {
+        /// The cache tier's name.
+        tier: &'a str,
+        /// `"read"` or `"write"`.
+        operation: &'static str,
+    },
     /// The degradation level changed.
     LevelChanged {
         /// The level left.
@@ -141,6 +148,7 @@ impl Event<'_> {
             Event::BudgetExhausted { .. } => "budget_exhausted",
             Event::TierServed { .. } => "tier_served",
             Event::TierFailed { .. } => "tier_failed",
+            Event::CacheFailed { .. } => "cache_failed",
             Event::LevelChanged { .. } => "level_changed",
         }
     }
@@ -178,6 +186,9 @@ impl Event<'_> {
             }
             Event::TierFailed { tier, kind } => {
                 tracing::warn!(target: T, event, tier, %kind, "tier failed");
+            }
+            Event::CacheFailed { tier, operation } => {
+                tracing::warn!(target: T, event, tier, operation, "cache store failed");
             }
             Event::LevelChanged { from, to, load } => {
                 tracing::warn!(target: T, event, from, to, load, "degradation level {from} -> {to}");

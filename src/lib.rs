@@ -100,6 +100,7 @@ pub mod breaker;
 pub mod classify;
 pub mod error;
 pub mod event;
+pub mod fallback;
 pub mod params;
 pub mod provenance;
 pub mod retry;

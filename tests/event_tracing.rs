@@ -51,7 +51,7 @@ fn every_event_is_traced_with_structured_fields() {
         }
     });
     let lines = recorder.0.lock().unwrap().clone();
-    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(lines.len(), 8, "{lines:#?}");
     assert!(
         lines[0].contains("event=breaker_transition")
             && lines[0].contains("from=closed")
@@ -71,5 +71,6 @@ fn every_event_is_traced_with_structured_fields() {
         "{}",
         lines[4]
     );
-    assert!(lines[6].contains("load=0.75"), "{}", lines[6]);
+    assert!(lines[6].contains("operation=write"), "{}", lines[6]);
+    assert!(lines[7].contains("load=0.75"), "{}", lines[7]);
 }

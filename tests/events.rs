@@ -42,6 +42,7 @@ fn a_shared_sink_sees_every_event_in_order() {
             "budget_exhausted",
             "tier_served",
             "tier_failed",
+            "cache_failed",
             "level_changed"
         ]
     );

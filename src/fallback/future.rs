@@ -1,0 +1,345 @@
+//! The fallback layer's response future and the walk down the chain.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+
+use super::cache::{BoxFuture, CacheWrite};
+use super::layer::Shared;
+use super::service::Local;
+use super::tier::TierKind;
+use crate::classify::{Classify, Outcome};
+use crate::error::{ErrorKind, InferenceError, TierFailure};
+use crate::event::Event;
+use crate::provenance::{Annotate, PRIMARY_TIER, Quality};
+
+pin_project! {
+    /// The response future of [`Fallback`](super::Fallback).
+    ///
+    /// While the wrapped service answers, it is that service's future and a little
+    /// bookkeeping; only a failure moves it onto a boxed walk down the chain.
+    pub struct ResponseFuture<F, Req, Res, E, C> {
+        #[pin]
+        state: State<F, Res, E>,
+        local: Arc<Local<Req, Res, E, C>>,
+        req: Option<Req>,
+        cache_key: Option<String>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, Res, E> {
+        Primary { #[pin] fut: F },
+        Walking { fut: BoxFuture<Result<Res, E>> },
+    }
+}
+
+impl<F, Req, Res, E, C> ResponseFuture<F, Req, Res, E, C> {
+    pub(crate) fn primary(
+        fut: F,
+        local: Arc<Local<Req, Res, E, C>>,
+        req: Option<Req>,
+        cache_key: Option<String>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Primary { fut },
+            local,
+            req,
+            cache_key,
+        }
+    }
+}
+
+impl<F, Req, Res, E, C> ResponseFuture<F, Req, Res, E, C>
+where
+    Req: Clone + Send + 'static,
+    Res: Annotate + Send + 'static,
+    E: From<InferenceError> + Send + 'static,
+    C: Classify<Res, E> + Send + Sync + 'static,
+{
+    /// A call whose primary already failed (its `poll_ready` did): walk the chain at once.
+    pub(crate) fn after_primary(
+        local: Arc<Local<Req, Res, E, C>>,
+        req: Req,
+        primary: Result<Res, E>,
+    ) -> Self {
+        let walk = match after(&local.shared, primary) {
+            Next::Return(result) => Box::pin(std::future::ready(result)) as BoxFuture<_>,
+            Next::Walk(failures, caller) => Box::pin(walk(local.clone(), req, failures, caller)),
+        };
+        ResponseFuture {
+            state: State::Walking { fut: walk },
+            local,
+            req: None,
+            cache_key: None,
+        }
+    }
+}
+
+impl<F, Req, Res, E, C> std::fmt::Debug for ResponseFuture<F, Req, Res, E, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Primary { .. } => "Primary",
+            State::Walking { .. } => "Walking",
+        };
+        f.debug_tuple("ResponseFuture").field(&state).finish()
+    }
+}
+
+/// What follows the primary's result.
+enum Next<Res, E> {
+    Return(Result<Res, E>),
+    /// Walk the chain, with the failures so far and, for a caller's fault, its kind.
+    Walk(Vec<TierFailure>, Option<ErrorKind>),
+}
+
+fn after<Req, Res, E, C>(shared: &Shared<Req, Res, E, C>, result: Result<Res, E>) -> Next<Res, E>
+where
+    C: Classify<Res, E>,
+{
+    let kind = match shared.classifier.classify(result.as_ref()) {
+        Outcome::Success => return Next::Return(result),
+        Outcome::Failure { kind, .. } => kind,
+    };
+    let caller = kind.is_caller_fault().then_some(kind);
+    if shared.tiers.is_empty() || caller.is_some_and(|k| !accepted_later(shared, 0, k)) {
+        return Next::Return(result);
+    }
+    shared.emitter.emit(&Event::TierFailed {
+        tier: &shared.primary,
+        kind,
+    });
+    Next::Walk(vec![TierFailure::new(shared.primary.clone(), kind)], caller)
+}
+
+/// Whether a tier at `from` or after takes requests refused with `kind`.
+fn accepted_later<Req, Res, E, C>(
+    shared: &Shared<Req, Res, E, C>,
+    from: usize,
+    kind: ErrorKind,
+) -> bool {
+    shared.tiers[from..]
+        .iter()
+        .any(|t| t.accepts.contains(&kind))
+}
+
+impl<F, Req, Res, E, C> Future for ResponseFuture<F, Req, Res, E, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    Req: Clone + Send + 'static,
+    Res: Annotate + Send + 'static,
+    E: From<InferenceError> + Send + 'static,
+    C: Classify<Res, E> + Send + Sync + 'static,
+{
+    type Output = Result<Res, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &this.local.shared;
+        match this.state.as_mut().project() {
+            StateProj::Primary { fut } => {
+                let mut result = ready!(fut.poll(cx));
+                let (failures, caller) = match after(shared, result) {
+                    Next::Return(mut ret) => {
+                        if let Ok(res) = &mut ret {
+                            served_primary(shared, res, this.cache_key.take());
+                        }
+                        return Poll::Ready(ret);
+                    }
+                    Next::Walk(failures, caller) => (failures, caller),
+                };
+                let Some(req) = this.req.take() else {
+                    result = Err(exhausted(failures));
+                    return Poll::Ready(result);
+                };
+                let walk = walk(this.local.clone(), req, failures, caller);
+                this.state.set(State::Walking {
+                    fut: Box::pin(walk),
+                });
+                match this.state.project() {
+                    StateProj::Walking { fut } => fut.as_mut().poll(cx),
+                    StateProj::Primary { .. } => Poll::Pending,
+                }
+            }
+            StateProj::Walking { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+fn exhausted<E: From<InferenceError>>(tiers: Vec<TierFailure>) -> E {
+    InferenceError::Exhausted { tiers }.into()
+}
+
+/// The primary answered: say so if it has a name of its own, and cache the answer.
+fn served_primary<Req, Res: Annotate, E, C>(
+    shared: &Shared<Req, Res, E, C>,
+    res: &mut Res,
+    key: Option<String>,
+) {
+    if shared.primary != PRIMARY_TIER {
+        res.provenance_mut()
+            .set_tier(shared.primary.clone(), Quality::Full)
+            .set_fallback(false);
+    }
+    shared.emitter.emit(&Event::TierServed {
+        tier: &shared.primary,
+        quality: &Quality::Full,
+        fallback: false,
+    });
+    if let Some(key) = key {
+        store(shared, key, res);
+    }
+}
+
+/// Stores a last-good answer; a write never delays or fails the response.
+fn store<Req, Res, E, C>(shared: &Shared<Req, Res, E, C>, key: String, res: &Res) {
+    let Some(cache) = &shared.cache else { return };
+    match (cache.write)(key, res) {
+        CacheWrite::Done(Ok(())) => {}
+        CacheWrite::Done(Err(err)) => cache_failed(shared, &cache.name, "write", &err),
+        CacheWrite::Pending(write) => {
+            let emitter = shared.emitter.clone();
+            let name = cache.name.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Err(err) = write.await {
+                            tracing::warn!(target: "tower_inference", error = %err, "fallback cache write failed");
+                            emitter.emit(&Event::CacheFailed { tier: &name, operation: "write" });
+                        }
+                    });
+                }
+                Err(_) => emitter.emit(&Event::CacheFailed {
+                    tier: &name,
+                    operation: "write",
+                }),
+            }
+        }
+    }
+}
+
+fn cache_failed<Req, Res, E, C>(
+    shared: &Shared<Req, Res, E, C>,
+    tier: &str,
+    operation: &'static str,
+    err: &dyn std::error::Error,
+) {
+    tracing::warn!(target: "tower_inference", tier, operation, error = %err, "fallback cache store failed");
+    shared.emitter.emit(&Event::CacheFailed { tier, operation });
+}
+
+/// Walks the tiers after the primary until one answers.
+async fn walk<Req, Res, E, C>(
+    local: Arc<Local<Req, Res, E, C>>,
+    req: Req,
+    mut failures: Vec<TierFailure>,
+    mut caller: Option<ErrorKind>,
+) -> Result<Res, E>
+where
+    Req: Clone + Send + 'static,
+    Res: Annotate + Send + 'static,
+    E: From<InferenceError> + Send + 'static,
+    C: Classify<Res, E> + Send + Sync + 'static,
+{
+    let shared = &local.shared;
+    for (index, tier) in shared.tiers.iter().enumerate() {
+        if let Some(kind) = caller {
+            if !tier.accepts.contains(&kind) {
+                continue;
+            }
+            caller = None;
+        }
+        let mut res = match &tier.kind {
+            TierKind::Service(svc) => {
+                let result = svc.clone().oneshot(req.clone()).await;
+                match shared.classifier.classify(result.as_ref()) {
+                    Outcome::Success => match result {
+                        Ok(res) => res,
+                        Err(err) => return Err(err),
+                    },
+                    Outcome::Failure { kind, .. } => {
+                        if kind.is_caller_fault() {
+                            if !accepted_later(shared, index + 1, kind) {
+                                return result;
+                            }
+                            caller = Some(kind);
+                        }
+                        shared.emitter.emit(&Event::TierFailed {
+                            tier: &tier.name,
+                            kind,
+                        });
+                        failures.push(TierFailure::new(tier.name.clone(), kind));
+                        continue;
+                    }
+                }
+            }
+            TierKind::Cache => match serve_cached(shared, &req).await {
+                Ok(res) => res,
+                Err(kind) => {
+                    shared.emitter.emit(&Event::TierFailed {
+                        tier: &tier.name,
+                        kind,
+                    });
+                    failures.push(TierFailure::new(tier.name.clone(), kind));
+                    continue;
+                }
+            },
+            TierKind::Static(answer) => answer(&req),
+        };
+        res.provenance_mut()
+            .set_tier(tier.name.clone(), tier.quality.clone())
+            .set_fallback(true);
+        shared.emitter.emit(&Event::TierServed {
+            tier: &tier.name,
+            quality: &tier.quality,
+            fallback: true,
+        });
+        if tier.cacheable
+            && let Some(cache) = &shared.cache
+        {
+            store(shared, (cache.key)(&req), &res);
+        }
+        return Ok(res);
+    }
+    Err(exhausted(failures))
+}
+
+/// The cached answer for `req`, with its age; a miss is [`ErrorKind::Exhausted`] (nothing to
+/// serve), a store failure [`ErrorKind::Infrastructure`].
+fn serve_cached<'a, Req, Res, E, C>(
+    shared: &'a Shared<Req, Res, E, C>,
+    req: &Req,
+) -> impl Future<Output = Result<Res, ErrorKind>> + Send + 'a
+where
+    Res: Annotate + Send + 'static,
+    Req: 'static,
+    C: Send + Sync,
+    E: Send,
+{
+    let read = shared
+        .cache
+        .as_ref()
+        .map(|cache| (cache, (cache.read)(&(cache.key)(req))));
+    async move {
+        let Some((cache, read)) = read else {
+            return Err(ErrorKind::Exhausted);
+        };
+        match read.await {
+            Ok(Some(hit)) => {
+                let mut res = hit.value;
+                res.provenance_mut().set_cache_age(hit.age);
+                Ok(res)
+            }
+            Ok(None) => Err(ErrorKind::Exhausted),
+            Err(err) => {
+                cache_failed(shared, &cache.name, "read", &err);
+                Err(ErrorKind::Infrastructure)
+            }
+        }
+    }
+}
