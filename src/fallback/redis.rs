@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +16,9 @@ use super::cache::{BoxFuture, CacheError, CacheStore, CacheWrite, Cached};
 ///
 /// Answers are stored as JSON with the wall-clock time they were stored (replicas share no
 /// monotonic clock), under `"{prefix}{key}"` with Redis's own expiry (`SET … PX ttl`). The
-/// connection is a [`ConnectionManager`], which reconnects by itself; a store error never
-/// reaches a caller (the fallback layer logs it and moves on).
+/// connection is a [`ConnectionManager`], which reconnects by itself, with short timeouts (1 s
+/// to connect, 500 ms to answer); a store error never reaches a caller (the fallback layer
+/// logs it and moves on).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tower_inference::fallback::CacheError> {
@@ -69,7 +70,12 @@ impl<V> RedisStore<V> {
     /// keys that start with `prefix`.
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(|e| CacheError::new(e.to_string()))?;
-        let conn = ConnectionManager::new(client)
+        // A cache must never hold a request up: short timeouts, and few reconnection tries.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_millis(500)));
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| CacheError::new(e.to_string()))?;
         Ok(RedisStore {
