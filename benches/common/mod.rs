@@ -48,6 +48,21 @@ where
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
+    per_call_with(svc, threads, iters, |i| i)
+}
+
+/// Like [`per_call`], with request `i` made by `request(i)`.
+pub fn per_call_with<S, Req: 'static>(
+    svc: &S,
+    threads: Threads,
+    iters: u64,
+    request: fn(u64) -> Req,
+) -> Duration
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
     let n = threads.count();
     let barrier = Arc::new(Barrier::new(n + 1));
     let workers: Vec<_> = (0..n)
@@ -63,7 +78,7 @@ where
                     barrier.wait();
                     for i in 0..iters {
                         let ready = svc.ready().await.expect("ready");
-                        std::hint::black_box(ready.call(i).await.is_ok());
+                        std::hint::black_box(ready.call(request(i)).await.is_ok());
                     }
                 });
             })

@@ -67,11 +67,12 @@ pub trait CacheStore<V>: Send + Sync + 'static {
     fn put(&self, key: String, value: V, ttl: Duration) -> CacheWrite;
 }
 
-/// An in-memory [`CacheStore`], bounded in entries, built on [`moka`]'s concurrent cache.
+/// An in-memory [`CacheStore`], bounded in entries, built on [`quick_cache`]'s concurrent
+/// cache (lock-sharded, with CLOCK-Pro eviction).
 ///
 /// Entries expire after their `ttl`, measured on `tokio::time` (so tests on paused time see
-/// exact expiry; an expired entry is dropped when next read), and the least recently used go
-/// first when `max_entries` is reached, so memory stays bounded whatever keys arrive.
+/// exact expiry; an expired entry is dropped when next read), and when `max_entries` is
+/// reached the coldest entries go first, so memory stays bounded whatever keys arrive.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -87,7 +88,7 @@ pub trait CacheStore<V>: Send + Sync + 'static {
 /// # }
 /// ```
 pub struct MemoryStore<V> {
-    entries: moka::sync::Cache<String, Entry<V>>,
+    entries: quick_cache::sync::Cache<String, Entry<V>>,
 }
 
 #[derive(Clone)]
@@ -99,18 +100,15 @@ struct Entry<V> {
 
 impl<V: Clone + Send + Sync + 'static> MemoryStore<V> {
     /// A store that keeps at most `max_entries` answers.
-    pub fn new(max_entries: u64) -> Self {
+    pub fn new(max_entries: usize) -> Self {
         MemoryStore {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .build(),
+            entries: quick_cache::sync::Cache::new(max_entries.max(1)),
         }
     }
 
-    /// Answers stored now (expired ones may linger until evicted).
-    pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+    /// Answers stored now (expired ones may linger until read or evicted).
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
     /// Whether no answer is stored.
@@ -119,10 +117,10 @@ impl<V: Clone + Send + Sync + 'static> MemoryStore<V> {
     }
 }
 
-impl<V> fmt::Debug for MemoryStore<V> {
+impl<V: Clone> fmt::Debug for MemoryStore<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .finish()
     }
 }
@@ -137,7 +135,7 @@ impl<V: Clone + Send + Sync + 'static> CacheStore<V> for MemoryStore<V> {
                     age,
                 })
             } else {
-                self.entries.invalidate(key);
+                self.entries.remove(key);
                 None
             }
         });

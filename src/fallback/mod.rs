@@ -20,7 +20,7 @@
 //!   prompt to a larger-context model.
 //! - **Cache**: after a success from a cacheable tier (by default the first two), the answer
 //!   is stored under `key(&request)`; the cache tier serves it when the tiers before it have
-//!   failed. The store is a [`CacheStore`]: [`MemoryStore`] (bounded, on `moka`) or, with
+//!   failed. The store is a [`CacheStore`]: [`MemoryStore`] (bounded, on `quick_cache`) or, with
 //!   the `redis` feature, `RedisStore`, so replicas share last-good answers. A write never
 //!   delays or fails a response: an in-memory write is done inline, a network write on a task
 //!   of its own, and a store error is an event and a log line.
