@@ -34,6 +34,10 @@ pub fn all_events(quality: &Quality) -> Vec<Event<'_>> {
             tier: "primary",
             kind: ErrorKind::Infrastructure,
         },
+        Event::CacheFailed {
+            tier: "cache",
+            operation: "write",
+        },
         Event::LevelChanged {
             from: "full",
             to: "reduced",
