@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
+use tower_inference::fallback::{FallbackLayer, MemoryStore};
 use tower_inference::mock::ChaosLayer;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
 use tower_inference::retry::{Backoff, RetryLayer};
-use tower_inference::{Classify, DefaultClassifier, Event, GenerationParams, InferenceError};
+use tower_inference::{
+    Classify, DefaultClassifier, Event, GenerationParams, InferenceError, ModelFailure, Quality,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -73,6 +76,80 @@ async fn main() {
 
     breaker_drill().await;
     retry_drill().await;
+    fallback_drill().await;
+}
+
+/// Kill the primary model, then the lighter one, then ask with a warm cache, then with a
+/// question the cache has never seen: each time, say which tier answered.
+async fn fallback_drill() {
+    println!("\n== fallback: llama-70b -> llama-8b -> rules -> cache -> static ==\n");
+    let primary = MockGpu::builder()
+        .name("llama-70b")
+        .base_latency(Duration::from_millis(3))
+        .per_token_latency(Duration::ZERO)
+        .build();
+    let light = MockGpu::builder()
+        .name("llama-8b")
+        .base_latency(Duration::from_millis(1))
+        .per_token_latency(Duration::ZERO)
+        .build();
+    let (primary_handle, light_handle) = (primary.handle(), light.handle());
+    let rules = tower::service_fn(|req: InferenceRequest| async move {
+        match req.prompt.as_str() {
+            "opening hours?" => Ok(Completion {
+                model: "rules".into(),
+                text: "We are open 9 to 5.".into(),
+                tokens: 5,
+                provenance: Default::default(),
+            }),
+            _ => Err(InferenceError::ModelFailure {
+                failure: ModelFailure::InvalidOutput,
+            }),
+        }
+    });
+    let fallback = FallbackLayer::builder()
+        .primary("llama-70b")
+        .tier("llama-8b", Quality::Reduced, light)
+        .tier("rules", Quality::Generic, rules)
+        .cache(
+            MemoryStore::new(10_000),
+            |req: &InferenceRequest| req.prompt.clone(),
+            Duration::from_secs(600),
+        )
+        .static_default(|_: &InferenceRequest| Completion {
+            model: "static".into(),
+            text: "The assistant is busy; please try again in a minute.".into(),
+            tokens: 0,
+            provenance: Default::default(),
+        })
+        .build();
+    let svc = ServiceBuilder::new().layer(fallback).service(primary);
+
+    let ask = async |label: &str, prompt: &str| {
+        let request = InferenceRequest::new(prompt).max_tokens(6);
+        match svc.clone().oneshot(request).await {
+            Ok(done) => {
+                let p = &done.provenance;
+                let age = p
+                    .cache_age
+                    .map(|a| format!(", {} ms old", a.as_millis()))
+                    .unwrap_or_default();
+                println!(
+                    "{label:<34} tier {:<10} quality {:<8} fallback {:<5} from {}{age}",
+                    p.tier, p.quality, p.fallback, done.model
+                );
+            }
+            Err(err) => println!("{label:<34} error: {err}"),
+        }
+    };
+
+    ask("both models up", "what is a circuit breaker?").await;
+    primary_handle.kill();
+    ask("primary killed", "what is a retry budget?").await;
+    light_handle.kill();
+    ask("both killed, a rule matches", "opening hours?").await;
+    ask("both killed, warm cache", "what is a circuit breaker?").await;
+    ask("both killed, nothing cached", "tell me a joke").await;
 }
 
 /// A flaky model (30 % of calls fail with a retryable error) behind the retry layer: most

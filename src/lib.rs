@@ -33,6 +33,8 @@
 //! - [`retry`]: retries only what is worth retrying, with exponential backoff and full jitter,
 //!   Retry-After, a deadline, a lock-free retry budget shared by all clones, and an
 //!   out-of-memory retry with a smaller request.
+//! - [`fallback`]: falls back through tiers (a lighter model, rules, the last good answer
+//!   from a cache in memory or Redis, a static default) and says which tier answered.
 //!
 //! Layers that must create an error ask for `E: From<InferenceError>`, which both
 //! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
@@ -76,6 +78,7 @@
 //! - `mock`: [`mock::MockGpu`], a realistic GPU-backed model service, and
 //!   [`mock::ChaosLayer`], fault injection for any service.
 //! - `http`: `HttpClassifier` and [`Annotate`] for `http::Response`.
+//! - `redis`: `fallback::RedisStore`, a cache of last-good answers shared by replicas.
 //!
 //! # Reuse of tower
 //!

@@ -34,6 +34,24 @@
 //! tier costs a request clone, a classification and an event; walking the chain is boxed,
 //! as a failure path can afford.
 //!
+//! # Cost when the first tier answers
+//!
+//! `benches/fallback.rs` (criterion, 2-core x86-64 VM), time per call:
+//!
+//! | | 1 thread | 2 threads |
+//! |---|---|---|
+//! | bare service, `u64` request | 23.8 ns | 21.5 ns |
+//! | chain of three tiers, no cache | 76.3 ns | 71.0 ns |
+//! | bare service, 64-byte `String` request | 117.8 ns | 115.0 ns |
+//! | chain of three tiers, `String` request | 159.0 ns | 172.9 ns |
+//! | chain with the in-memory cache | 235.8 ns | 441.4 ns |
+//!
+//! The request clone cannot be avoided while a later tier might need the request (tier 1
+//! consumes its copy); it is skipped when no tier follows. For a real prompt it costs about
+//! as much as the rest of the layer (the `String` rows). Caching every answer is the largest
+//! cost: a key, a response clone and a store insert; `quick_cache` made that 3.7 times cheaper
+//! than `moka` on one thread here (875 ns).
+//!
 //! # Example
 //!
 //! ```
