@@ -101,6 +101,7 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod degrade;
 pub mod error;
 pub mod event;
 pub mod fallback;

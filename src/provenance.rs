@@ -78,7 +78,8 @@ pub struct Provenance {
     pub quality: Quality,
     /// Whether a fallback tier answered instead of the primary one.
     pub fallback: bool,
-    /// The degradation level the request was served at, if it was degraded.
+    /// The degradation level the request was served at, when a degrade layer served it (its
+    /// lowest level, `full` by default, when it was not degraded).
     pub degraded: Option<Cow<'static, str>>,
     /// Calls made to the backend for this answer, the first one included (at least 1).
     pub attempts: u32,
