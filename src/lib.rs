@@ -109,6 +109,7 @@ pub mod params;
 pub mod provenance;
 pub mod retry;
 mod rng;
+mod stripe;
 
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -275,7 +275,16 @@ async fn slow_calls_drive_the_level_through_latency() {
         .oneshot(GenerationParams::new(100).batch_size(950))
         .await
         .unwrap();
-    assert_eq!(handle.load(), 0.0, "the load is read before a call");
+    assert_eq!(
+        handle.load(),
+        0.95,
+        "the average latency is 95 % of the target"
+    );
+    assert_eq!(
+        handle.level(),
+        "full",
+        "the level moves when the next call comes in"
+    );
     let answer = svc
         .clone()
         .oneshot(GenerationParams::new(100))
@@ -371,4 +380,37 @@ async fn degrading_a_burst_prevents_out_of_memory() {
         "every answer says its level"
     );
     assert!(levels.iter().any(|l| l.as_deref() == Some("minimal")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_flight_counts_balance_across_threads() {
+    let layer = DegradeLayer::builder().in_flight_capacity(1_000).build();
+    let handle = layer.handle();
+    let model = service_fn(|p: GenerationParams| async move {
+        tokio::task::yield_now().await; // may resume on another thread
+        Ok::<_, InferenceError>(Served::new(p.max_tokens))
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(model);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                for _ in 0..2_000 {
+                    svc.clone()
+                        .oneshot(GenerationParams::new(10))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        handle.in_flight(),
+        0,
+        "every call that entered on one stripe left"
+    );
+    assert_eq!(handle.level(), "full");
 }

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -20,17 +19,18 @@ pub const DEGRADED_WARNING: &str =
 #[derive(Debug)]
 pub(crate) struct InFlight {
     local: Arc<Local>,
+    stripe: usize,
 }
 
 impl InFlight {
-    pub(crate) fn new(local: Arc<Local>) -> Self {
-        InFlight { local }
+    pub(crate) fn new(local: Arc<Local>, stripe: usize) -> Self {
+        InFlight { local, stripe }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.local.shared.signals.in_flight.fetch_sub(1, Relaxed);
+        self.local.shared.signals.leave(self.stripe);
     }
 }
 

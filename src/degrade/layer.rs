@@ -1,7 +1,6 @@
 //! [`DegradeLayer`], its builder and [`DegradeHandle`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -188,14 +187,15 @@ impl DegradeHandle {
         &levels.levels[levels.current()].name
     }
 
-    /// The load the layer last saw, in `0..=1`.
+    /// The load now, in `0..=1`, from every signal (probes as last sampled).
     pub fn load(&self) -> f64 {
-        f64::from_bits(self.shared.levels.last_load.load(Relaxed))
+        let signals = &self.shared.signals;
+        signals.load(signals.in_flight())
     }
 
     /// Requests in flight through the layer now.
     pub fn in_flight(&self) -> usize {
-        self.shared.signals.in_flight.load(Relaxed)
+        self.shared.signals.in_flight()
     }
 
     /// Holds the layer at the level named `level` until [`release`](Self::release).

@@ -61,8 +61,6 @@ pub(crate) struct Levels {
     /// Nanoseconds (plus one; zero is "not below") since the load went below the current
     /// level's threshold minus the margin.
     below_since: AtomicU64,
-    /// The last load evaluated, as `f64` bits.
-    pub(crate) last_load: AtomicU64,
 }
 
 /// A level change to report.
@@ -90,7 +88,6 @@ impl Levels {
             current: AtomicUsize::new(0),
             forced: AtomicUsize::new(NOT_FORCED),
             below_since: AtomicU64::new(0),
-            last_load: AtomicU64::new(0f64.to_bits()),
         }
     }
 
@@ -117,9 +114,6 @@ impl Levels {
     /// below the current level's threshold minus the margin for the dwell time. `now` reads
     /// the clock, and is called only when stepping down is in question.
     pub(crate) fn update(&self, load: f64, now: impl FnOnce() -> u64) -> (usize, Option<Change>) {
-        if self.last_load.load(Relaxed) != load.to_bits() {
-            self.last_load.store(load.to_bits(), Relaxed);
-        }
         let current = self.current.load(Relaxed);
         let up = self.level_for(load, 0.0);
         let next = if up > current {

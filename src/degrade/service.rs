@@ -1,7 +1,6 @@
 //! [`Degrade`], the service.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -66,8 +65,8 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let shared = &self.local.shared;
-        let in_flight = shared.signals.in_flight.fetch_add(1, Relaxed) + 1;
-        let guard = InFlight::new(self.local.clone());
+        let (stripe, in_flight) = shared.signals.enter();
+        let guard = InFlight::new(self.local.clone(), stripe);
         let level = shared.level(in_flight);
         let level_spec = &shared.levels.levels[level];
         if level > 0 {

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::stripe::{STRIPES, stripe};
 
 /// A probe of some external load, such as GPU memory or utilisation, in `0..=1`.
 pub(crate) struct Probe {
@@ -55,10 +57,26 @@ pub(crate) fn unit(load: f64) -> f64 {
     }
 }
 
+/// A thread's share of the in-flight count.
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    /// Calls entered here minus calls that left here (a call may leave on another thread's
+    /// stripe, so one stripe can go below zero; the sum cannot).
+    in_flight: AtomicIsize,
+    /// The other stripes' sum, as last read by this stripe's thread.
+    others: AtomicIsize,
+    /// Calls entered here, to pace the reading of the other stripes.
+    calls: AtomicUsize,
+}
+
+/// A thread re-reads the other threads' in-flight counts once every this many calls.
+const REFRESH_EVERY: usize = 16;
+
 /// The signals of one degrade layer, combined by their maximum.
 pub(crate) struct Signals {
     pub(crate) capacity: Option<usize>,
-    pub(crate) in_flight: AtomicUsize,
+    stripes: Box<[Stripe]>,
     pub(crate) latency_target: Option<Duration>,
     pub(crate) latency_alpha: f64,
     /// EWMA of call latency in seconds, as `f64` bits.
@@ -86,13 +104,53 @@ impl Signals {
     ) -> Self {
         Signals {
             capacity,
-            in_flight: AtomicUsize::new(0),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             latency_target,
             latency_alpha,
             latency_ewma: AtomicU64::new(0f64.to_bits()),
             probes,
             origin: Instant::now(),
         }
+    }
+
+    /// Counts a call in; returns its stripe and the in-flight count it sees, itself included.
+    ///
+    /// The count is exact for calls from one thread; another thread's calls are seen as of
+    /// this thread's last refresh, at most 16 of its calls ago. Each thread writes only its own
+    /// cache line, so counting does not make threads contend.
+    #[inline]
+    pub(crate) fn enter(&self) -> (usize, usize) {
+        let index = stripe();
+        let own = &self.stripes[index];
+        let mine = own.in_flight.fetch_add(1, Relaxed) + 1;
+        let others = if own.calls.fetch_add(1, Relaxed) % REFRESH_EVERY == 0 {
+            let others = self.sum_except(Some(index));
+            own.others.store(others, Relaxed);
+            others
+        } else {
+            own.others.load(Relaxed)
+        };
+        (index, usize::try_from(mine + others).unwrap_or(0))
+    }
+
+    /// Counts a call out, on the stripe it entered on.
+    #[inline]
+    pub(crate) fn leave(&self, stripe: usize) {
+        self.stripes[stripe].in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Calls in flight now, read from every stripe.
+    pub(crate) fn in_flight(&self) -> usize {
+        usize::try_from(self.sum_except(None)).unwrap_or(0)
+    }
+
+    fn sum_except(&self, skip: Option<usize>) -> isize {
+        self.stripes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, s)| s.in_flight.load(Relaxed))
+            .sum()
     }
 
     /// Whether calls need their start time (for the latency signal).

@@ -2,17 +2,16 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::InferenceError;
+use crate::stripe::{STRIPES, stripe};
 
 /// Buckets the time-to-live is cut into; the window slides a bucket at a time.
 const BUCKETS: usize = 10;
-/// Deposit stripes; threads beyond this many share stripes (still correct, just contended).
-const STRIPES: usize = 16;
 /// One retry, in thousandths: percentages are kept exact to 0.1 %.
 const WITHDRAWAL: u64 = 1_000;
 
@@ -71,7 +70,6 @@ fn in_window(bucket: u32, now: u32) -> bool {
 const CLOCK_EVERY: u32 = 64;
 
 thread_local! {
-    static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
     static DEPOSITS: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -81,20 +79,6 @@ fn clock_due() -> bool {
         let next = n.get().wrapping_add(1);
         n.set(next);
         next % CLOCK_EVERY == 1
-    })
-}
-
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-/// This thread's deposit stripe, handed out round-robin on first use.
-fn stripe() -> usize {
-    STRIPE.with(|s| match s.get() {
-        Some(i) => i,
-        None => {
-            let i = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
-            s.set(Some(i));
-            i
-        }
     })
 }
 
