@@ -123,7 +123,11 @@ impl Signals {
         let index = stripe();
         let own = &self.stripes[index];
         let mine = own.in_flight.fetch_add(1, Relaxed) + 1;
-        let others = if own.calls.fetch_add(1, Relaxed) % REFRESH_EVERY == 0 {
+        let others = if own
+            .calls
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(REFRESH_EVERY)
+        {
             let others = self.sum_except(Some(index));
             own.others.store(others, Relaxed);
             others
