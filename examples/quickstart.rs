@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
+use tower_inference::degrade::DegradeLayer;
 use tower_inference::fallback::{FallbackLayer, MemoryStore};
 use tower_inference::mock::ChaosLayer;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
@@ -77,6 +78,50 @@ async fn main() {
     breaker_drill().await;
     retry_drill().await;
     fallback_drill().await;
+    degrade_drill().await;
+}
+
+/// Ramp up concurrent load in front of a mock GPU and watch the degrade layer step up its
+/// level and shrink `max_tokens`; then let the load fall and watch it step down.
+async fn degrade_drill() {
+    println!("\n== graceful degradation: degrade -> MockGpu, ramping concurrent load ==\n");
+    let gpu = MockGpu::builder()
+        .name("llama-mock-8b")
+        .slots(16)
+        .base_latency(Duration::from_millis(20))
+        .per_token_latency(Duration::ZERO)
+        .build();
+    let layer = DegradeLayer::builder()
+        .in_flight_capacity(10)
+        .hysteresis(0.1, Duration::from_millis(50))
+        .event_sink(|event: &Event<'_>| {
+            if let Event::LevelChanged { from, to, load } = event {
+                println!("    [event] level {from} -> {to} at load {load:.2}");
+            }
+        })
+        .build();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(gpu);
+
+    for wave in [2, 6, 10, 3, 1] {
+        let calls: Vec<_> = (0..wave)
+            .map(|i| {
+                let request = InferenceRequest::new(format!("request {i}")).max_tokens(200);
+                tokio::spawn(svc.clone().oneshot(request))
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for call in calls {
+            if let Ok(Ok(done)) = call.await {
+                tokens.push(done.tokens);
+            }
+        }
+        println!(
+            "{wave:>2} concurrent requests: max_tokens served {tokens:?} (level now {})",
+            handle.level()
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
 }
 
 /// Kill the primary model, then the lighter one, then ask with a warm cache, then with a

@@ -35,6 +35,8 @@
 //!   out-of-memory retry with a smaller request.
 //! - [`fallback`]: falls back through tiers (a lighter model, rules, the last good answer
 //!   from a cache in memory or Redis, a static default) and says which tier answered.
+//! - [`degrade`]: as load rises (in-flight requests, latency, GPU probes), scales requests
+//!   down (tokens, steps, batch, resolution) through levels with hysteresis, and says so.
 //!
 //! Layers that must create an error ask for `E: From<InferenceError>`, which both
 //! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
