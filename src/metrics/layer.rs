@@ -1,0 +1,272 @@
+//! [`MetricsLayer`]: records every call's outcome, latency and tier at one stage of a stack.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::collector::{ErrorMetrics, Stage};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::provenance::{Annotate, Provenance};
+
+/// Reads an answer's provenance for the metrics layer.
+pub trait ReadProvenance<Res> {
+    /// The answer's provenance, if it has one.
+    fn read<'a>(&self, res: &'a Res) -> Option<&'a Provenance>;
+}
+
+/// Reads provenance through [`Annotate`] (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromAnnotate;
+
+impl<Res: Annotate> ReadProvenance<Res> for FromAnnotate {
+    fn read<'a>(&self, res: &'a Res) -> Option<&'a Provenance> {
+        res.provenance()
+    }
+}
+
+/// For answers without provenance: every answer counts as the primary tier's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProvenance;
+
+impl<Res> ReadProvenance<Res> for NoProvenance {
+    fn read<'a>(&self, _res: &'a Res) -> Option<&'a Provenance> {
+        None
+    }
+}
+
+/// Labels a request's operation, for the top error patterns.
+pub trait OperationLabel<Req> {
+    /// The label, or `None` to use the stage's name.
+    fn label(&self, req: &Req) -> Option<String>;
+}
+
+/// No operation label: patterns are labelled with the stage's name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLabel;
+
+impl<Req> OperationLabel<Req> for NoLabel {
+    fn label(&self, _req: &Req) -> Option<String> {
+        None
+    }
+}
+
+/// Labels operations with a closure.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelFn<F>(F);
+
+impl<Req, F: Fn(&Req) -> String> OperationLabel<Req> for LabelFn<F> {
+    fn label(&self, req: &Req) -> Option<String> {
+        Some((self.0)(req))
+    }
+}
+
+/// Records every call through it into an [`ErrorMetrics`] under a `stage` label: its outcome
+/// kind, its latency and the tier that answered. Stand one outermost (what users saw) and one
+/// innermost (what the backend did).
+#[derive(Clone)]
+pub struct MetricsLayer<C = DefaultClassifier, P = FromAnnotate, O = NoLabel> {
+    stage: Arc<Stage>,
+    classifier: C,
+    provenance: P,
+    operation: O,
+}
+
+impl<C, P, O> std::fmt::Debug for MetricsLayer<C, P, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsLayer")
+            .field("stage", &self.stage.name)
+            .finish()
+    }
+}
+
+impl MetricsLayer {
+    /// Records into `metrics` under the label `stage`.
+    pub fn new(metrics: &ErrorMetrics, stage: &str) -> Self {
+        MetricsLayer {
+            stage: metrics.stage(stage),
+            classifier: DefaultClassifier,
+            provenance: FromAnnotate,
+            operation: NoLabel,
+        }
+    }
+}
+
+impl<C, P, O> MetricsLayer<C, P, O> {
+    /// How results are classified (default [`DefaultClassifier`]).
+    pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<C2, P, O> {
+        MetricsLayer {
+            stage: self.stage,
+            classifier,
+            provenance: self.provenance,
+            operation: self.operation,
+        }
+    }
+
+    /// For responses that do not implement [`Annotate`]: count every answer as the primary's.
+    pub fn without_provenance(self) -> MetricsLayer<C, NoProvenance, O> {
+        MetricsLayer {
+            stage: self.stage,
+            classifier: self.classifier,
+            provenance: NoProvenance,
+            operation: self.operation,
+        }
+    }
+
+    /// Labels each request's operation (e.g. the model or route), for the top error patterns
+    /// (default: the stage's name). Computed on every call; keep it cheap.
+    pub fn operation<F>(self, label: F) -> MetricsLayer<C, P, LabelFn<F>> {
+        MetricsLayer {
+            stage: self.stage,
+            classifier: self.classifier,
+            provenance: self.provenance,
+            operation: LabelFn(label),
+        }
+    }
+}
+
+impl<S, C: Clone, P: Clone, O: Clone> Layer<S> for MetricsLayer<C, P, O> {
+    type Service = Metrics<S, C, P, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Metrics::new(
+            inner,
+            self.stage.clone(),
+            self.classifier.clone(),
+            self.provenance.clone(),
+            self.operation.clone(),
+        )
+    }
+}
+
+/// What a metrics layer's response futures share; one per service clone, on cache lines of
+/// its own, so futures of clones on different threads never contend on a reference count.
+#[repr(align(128))]
+struct Local<C, P> {
+    stage: Arc<Stage>,
+    classifier: C,
+    provenance: P,
+}
+
+/// The service a [`MetricsLayer`] makes.
+pub struct Metrics<S, C, P, O> {
+    inner: S,
+    local: Arc<Local<C, P>>,
+    operation: O,
+}
+
+impl<S, C, P, O> Metrics<S, C, P, O> {
+    fn new(inner: S, stage: Arc<Stage>, classifier: C, provenance: P, operation: O) -> Self {
+        Metrics {
+            inner,
+            local: Arc::new(Local {
+                stage,
+                classifier,
+                provenance,
+            }),
+            operation,
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, P: Clone, O: Clone> Clone for Metrics<S, C, P, O> {
+    fn clone(&self) -> Self {
+        let l = &self.local;
+        Metrics::new(
+            self.inner.clone(),
+            l.stage.clone(),
+            l.classifier.clone(),
+            l.provenance.clone(),
+            self.operation.clone(),
+        )
+    }
+}
+
+impl<S: std::fmt::Debug, C, P, O> std::fmt::Debug for Metrics<S, C, P, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inner", &self.inner)
+            .field("stage", &self.local.stage.name)
+            .finish()
+    }
+}
+
+impl<S, C, P, O, Req> Service<Req> for Metrics<S, C, P, O>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    P: ReadProvenance<S::Response> + Clone,
+    O: OperationLabel<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C, P>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let operation = self.operation.label(&req);
+        ResponseFuture {
+            fut: self.inner.call(req),
+            local: self.local.clone(),
+            operation,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Metrics`].
+    pub struct ResponseFuture<F, C, P> {
+        #[pin]
+        fut: F,
+        local: Arc<Local<C, P>>,
+        operation: Option<String>,
+        started: Instant,
+    }
+}
+
+impl<F, C, P> std::fmt::Debug for ResponseFuture<F, C, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("stage", &self.local.stage.name)
+            .finish()
+    }
+}
+
+impl<F, C, P, T, E> Future for ResponseFuture<F, C, P>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+    P: ReadProvenance<T>,
+{
+    type Output = Result<T, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.fut.poll(cx));
+        let local = &**this.local;
+        let kind = local.classifier.classify(result.as_ref()).kind();
+        let provenance = result
+            .as_ref()
+            .ok()
+            .and_then(|res| local.provenance.read(res));
+        local.stage.record(
+            kind,
+            this.started.elapsed(),
+            provenance,
+            this.operation.as_deref(),
+        );
+        Poll::Ready(result)
+    }
+}

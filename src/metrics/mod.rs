@@ -1,0 +1,64 @@
+//! Error metrics for incidents: which errors, how fast, whether it is a spike, which tier is
+//! answering; exported as Prometheus text.
+//!
+//! An [`ErrorMetrics`] collector gathers:
+//!
+//! - from each [`MetricsLayer`] (one per `stage`, e.g. `"edge"` outermost for what users saw
+//!   and `"backend"` innermost for what the model did): calls, failures per error kind,
+//!   windowed rates (errors per minute over 1 min, 5 min and 1 h, from fixed rings of 10 s
+//!   buckets), spikes (a kind whose 1-minute rate exceeds its 1-hour rate × 3 by default),
+//!   the most frequent error patterns (kind × operation label, in a Space-Saving sketch of
+//!   fixed size), latency percentiles (p50, p90, p99, max, from `hdrhistogram`), answers by
+//!   tier, and the quality SLA (the primary tier's share of answers; flagged under 90 %);
+//! - as an [`EventSink`](crate::EventSink) of the other layers: breaker transitions and
+//!   rejections, retries, budget exhaustion, fallback tiers served and failed, cache
+//!   failures and the degradation level.
+//!
+//! [`ErrorMetrics::snapshot`] returns a plain serializable struct and
+//! [`ErrorMetrics::render_prometheus`] the Prometheus text exposition.
+//!
+//! Recording takes no shared lock: calls are counted on per-thread stripes, latency goes into
+//! a per-thread histogram, error rates are atomic rings, and error patterns go into a
+//! per-thread sketch. Snapshots lock and merge. Memory is bounded whatever arrives: per stage,
+//! 10 rings of 360 buckets, 16 histograms, 16 sketches of `top_k` entries and 16 tier slots.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+//! use tower_inference::{InferenceError, Served};
+//!
+//! let metrics = ErrorMetrics::new();
+//! let svc = ServiceBuilder::new()
+//!     .layer(MetricsLayer::new(&metrics, "edge"))
+//!     .service(service_fn(|fail: bool| async move {
+//!         if fail { Err(InferenceError::Timeout { after: std::time::Duration::from_secs(1) }) }
+//!         else { Ok(Served::new("ok")) }
+//!     }));
+//! svc.clone().oneshot(false).await.unwrap();
+//! let _ = svc.oneshot(true).await;
+//!
+//! let snapshot = metrics.snapshot();
+//! assert_eq!(snapshot.stages[0].calls, 2);
+//! assert_eq!(snapshot.stages[0].errors["timeout"], 1);
+//! assert!(metrics.render_prometheus().contains(r#"tower_inference_errors_total{stage="edge",kind="timeout"} 1"#));
+//! # }
+//! ```
+
+mod collector;
+mod layer;
+mod prometheus;
+mod topk;
+mod window;
+
+pub use self::collector::{
+    ErrorMetrics, LatencySnapshot, MetricsSnapshot, Pattern, Spike, StageSnapshot,
+};
+pub use self::layer::{
+    FromAnnotate, LabelFn, Metrics, MetricsLayer, NoLabel, NoProvenance, OperationLabel,
+    ReadProvenance, ResponseFuture,
+};
+pub use self::window::Rates;

@@ -1,0 +1,50 @@
+//! The most frequent error patterns, in bounded memory (the Space-Saving algorithm).
+
+use std::collections::HashMap;
+
+/// A Space-Saving sketch of at most `k` counters (Metwally, Agrawal, El Abbadi, 2005).
+///
+/// A tracked item's count goes up by one; an untracked one replaces the smallest counter and
+/// inherits its count plus one, recording that count as its possible overestimate. Any item
+/// that occurs more than `n / k` times out of `n` is guaranteed to be tracked, and memory
+/// never exceeds `k` entries, however many distinct items arrive.
+#[derive(Debug)]
+pub(crate) struct SpaceSaving {
+    k: usize,
+    counts: HashMap<String, (u64, u64)>,
+}
+
+impl SpaceSaving {
+    pub(crate) fn new(k: usize) -> Self {
+        SpaceSaving {
+            k: k.max(1),
+            counts: HashMap::with_capacity(k.max(1)),
+        }
+    }
+
+    pub(crate) fn add(&mut self, item: &str) {
+        if let Some((count, _)) = self.counts.get_mut(item) {
+            *count += 1;
+            return;
+        }
+        if self.counts.len() < self.k {
+            self.counts.insert(item.to_owned(), (1, 0));
+            return;
+        }
+        let (victim, floor) = match self.counts.iter().min_by_key(|(_, (count, _))| *count) {
+            Some((key, (count, _))) => (key.clone(), *count),
+            None => return,
+        };
+        self.counts.remove(&victim);
+        self.counts.insert(item.to_owned(), (floor + 1, floor));
+    }
+
+    /// The tracked items with their counts and possible overestimates.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.counts.iter().map(|(k, (c, e))| (k.as_str(), *c, *e))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.counts.len()
+    }
+}

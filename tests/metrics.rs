@@ -1,0 +1,329 @@
+//! Error metrics: rates across bucket boundaries, spikes, bounded top-K, percentiles, SLA,
+//! events, and the Prometheus text. Paused time.
+
+use std::time::Duration;
+
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+use tower_inference::{
+    CircuitState, Emitter, ErrorKind, Event, EventSink, InferenceError, Quality, Served,
+};
+
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+
+/// What a test call does: succeed (from a tier), or fail with a kind.
+#[derive(Clone)]
+enum Do {
+    Answer {
+        tier: &'static str,
+        fallback: bool,
+        after: Duration,
+    },
+    Fail(InferenceError),
+}
+
+fn timeout() -> Do {
+    Do::Fail(InferenceError::Timeout { after: SEC })
+}
+
+fn backend()
+-> impl tower::Service<Do, Response = Served<()>, Error = InferenceError, Future: Send> + Clone {
+    service_fn(|d: Do| async move {
+        match d {
+            Do::Answer {
+                tier,
+                fallback,
+                after,
+            } => {
+                tokio::time::sleep(after).await;
+                let mut s = Served::new(());
+                if tier != "primary" {
+                    let quality = if fallback {
+                        Quality::Stale
+                    } else {
+                        Quality::Full
+                    };
+                    s.provenance.set_tier(tier, quality).set_fallback(fallback);
+                }
+                Ok(s)
+            }
+            Do::Fail(e) => Err(e),
+        }
+    })
+}
+
+async fn run(metrics: &ErrorMetrics, stage: &str, calls: impl IntoIterator<Item = Do>) {
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(metrics, stage))
+        .service(backend());
+    for call in calls {
+        let _ = svc.clone().oneshot(call).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn windowed_rates_across_bucket_boundaries() {
+    let metrics = ErrorMetrics::new();
+    run(&metrics, "edge", vec![timeout(); 5]).await;
+    let rates = |m: &ErrorMetrics| m.snapshot().stages[0].rates["timeout"];
+
+    tokio::time::advance(59 * SEC).await;
+    let r = rates(&metrics);
+    assert_eq!((r.per_minute_1m, r.per_minute_5m), (5.0, 1.0), "{r:?}");
+    assert!((r.per_minute_1h - 5.0 / 60.0).abs() < 1e-12);
+
+    tokio::time::advance(SEC).await; // their 10 s bucket has left the last minute
+    let r = rates(&metrics);
+    assert_eq!((r.per_minute_1m, r.per_minute_5m), (0.0, 1.0), "{r:?}");
+
+    tokio::time::advance(4 * MIN).await;
+    assert_eq!(rates(&metrics).per_minute_5m, 0.0);
+    assert!(rates(&metrics).per_minute_1h > 0.0);
+    tokio::time::advance(55 * MIN).await;
+    assert_eq!(rates(&metrics).per_minute_1h, 0.0, "an hour later, gone");
+    assert_eq!(
+        metrics.snapshot().stages[0].errors["timeout"],
+        5,
+        "totals stay"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_over_a_steady_rate_is_a_spike() {
+    let metrics = ErrorMetrics::new();
+    for _ in 0..59 {
+        run(&metrics, "edge", [timeout()]).await;
+        tokio::time::advance(MIN).await;
+    }
+    assert!(
+        metrics.snapshot().stages[0].spikes.is_empty(),
+        "one a minute for an hour is no spike"
+    );
+    run(&metrics, "edge", vec![timeout(); 10]).await;
+    let spikes = metrics.snapshot().stages[0].spikes.clone();
+    assert_eq!(spikes.len(), 1);
+    let spike = spikes[0];
+    assert_eq!(spike.kind, ErrorKind::Timeout);
+    assert!(spike.per_minute_1m > spike.per_minute_1h * 3.0, "{spike:?}");
+    assert_eq!(spike.multiplier, 3.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn top_patterns_stay_bounded_and_keep_the_frequent_ones() {
+    const ERRORS: u32 = 1_000_000;
+    let metrics = ErrorMetrics::with_settings(3.0, 0.9, 16);
+    let svc = ServiceBuilder::new()
+        .layer(
+            MetricsLayer::new(&metrics, "edge").operation(|n: &u32| match n % 10 {
+                0 => "hot-a".to_string(),
+                1 => "hot-b".to_string(),
+                _ => format!("op-{n}"),
+            }),
+        )
+        .service(service_fn(|_: u32| async {
+            Err::<Served<()>, _>(InferenceError::infrastructure())
+        }));
+    for n in 0..ERRORS {
+        let _ = svc.clone().oneshot(n).await;
+    }
+    assert!(
+        metrics.pattern_entries() <= 16 * 16,
+        "{} entries",
+        metrics.pattern_entries()
+    );
+    let top = metrics.snapshot().stages[0].top_patterns.clone();
+    assert_eq!(top.len(), 16);
+    let hot: Vec<_> = top
+        .iter()
+        .take(2)
+        .map(|p| (p.kind.as_str(), p.operation.as_str()))
+        .collect();
+    assert!(
+        hot.contains(&("infrastructure", "hot-a")) && hot.contains(&("infrastructure", "hot-b")),
+        "{top:?}"
+    );
+    assert!(top[0].count >= u64::from(ERRORS) / 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_percentiles_within_histogram_precision() {
+    let metrics = ErrorMetrics::new();
+    let calls = (1..=1000).map(|ms| Do::Answer {
+        tier: "primary",
+        fallback: false,
+        after: Duration::from_millis(ms),
+    });
+    run(&metrics, "edge", calls).await;
+    let l = metrics.snapshot().stages[0].latency;
+    assert_eq!(l.count, 1000);
+    let close = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() <= ms * 0.001 + 0.001;
+    assert!(close(l.p50, 500.0), "{l:?}");
+    assert!(close(l.p90, 900.0), "{l:?}");
+    assert!(close(l.p99, 990.0), "{l:?}");
+    assert!(close(l.max, 1000.0), "{l:?}");
+    assert!((l.sum.as_secs_f64() - 500.5).abs() < 1.0, "{l:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sla_is_flagged_when_the_primary_answers_under_90_percent() {
+    for (fallbacks, breached) in [(5, false), (10, false), (11, true)] {
+        let metrics = ErrorMetrics::new();
+        let primary = Do::Answer {
+            tier: "primary",
+            fallback: false,
+            after: Duration::ZERO,
+        };
+        let cache = Do::Answer {
+            tier: "cache",
+            fallback: true,
+            after: Duration::ZERO,
+        };
+        let calls = std::iter::repeat_n(primary, 100 - fallbacks)
+            .chain(std::iter::repeat_n(cache, fallbacks));
+        run(&metrics, "edge", calls).await;
+        let st = &metrics.snapshot().stages[0];
+        assert_eq!(st.sla_breached, breached, "{fallbacks} fallbacks of 100");
+        assert_eq!(st.tiers["cache"], fallbacks as u64);
+        assert_eq!(st.tiers["primary"], 100 - fallbacks as u64);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stages_are_kept_apart() {
+    let metrics = ErrorMetrics::new();
+    run(&metrics, "edge", [timeout()]).await;
+    run(&metrics, "backend", vec![timeout(); 3]).await;
+    let s = metrics.snapshot();
+    let by_stage: Vec<_> = s
+        .stages
+        .iter()
+        .map(|st| (st.stage.as_str(), st.errors["timeout"]))
+        .collect();
+    assert_eq!(by_stage, [("edge", 1), ("backend", 3)]);
+}
+
+#[test]
+fn events_from_other_layers_are_counted() {
+    let metrics = ErrorMetrics::new();
+    let emitter = Emitter::new(metrics.clone());
+    let q = Quality::Stale;
+    emitter.emit(&Event::BreakerTransition {
+        breaker: "llama",
+        from: CircuitState::Closed,
+        to: CircuitState::Open,
+    });
+    emitter.emit(&Event::CallRejected {
+        breaker: "llama",
+        retry_in: SEC,
+    });
+    emitter.emit(&Event::CallRejected {
+        breaker: "llama",
+        retry_in: SEC,
+    });
+    emitter.emit(&Event::RetryScheduled {
+        attempt: 2,
+        kind: ErrorKind::Timeout,
+        delay: SEC,
+    });
+    emitter.emit(&Event::BudgetExhausted {
+        kind: ErrorKind::Timeout,
+    });
+    emitter.emit(&Event::TierServed {
+        tier: "cache",
+        quality: &q,
+        fallback: true,
+    });
+    emitter.emit(&Event::TierServed {
+        tier: "primary",
+        quality: &Quality::Full,
+        fallback: false,
+    });
+    emitter.emit(&Event::TierFailed {
+        tier: "primary",
+        kind: ErrorKind::Infrastructure,
+    });
+    emitter.emit(&Event::CacheFailed {
+        tier: "cache",
+        operation: "write",
+    });
+    emitter.emit(&Event::LevelChanged {
+        from: "full",
+        to: "reduced",
+        load: 0.8,
+    });
+    let s = metrics.snapshot();
+    assert_eq!(s.breaker_transitions["llama|open"], 1);
+    assert_eq!(s.breaker_rejections["llama"], 2);
+    assert_eq!(s.retries["timeout"], 1);
+    assert_eq!(s.budget_exhausted, 1);
+    assert_eq!(s.tiers_served.get("cache"), Some(&1));
+    assert_eq!(
+        s.tiers_served.get("primary"),
+        None,
+        "primary answers are counted by the metrics layer"
+    );
+    assert_eq!(s.tiers_failed["primary|infrastructure"], 1);
+    assert_eq!(s.cache_failures, 1);
+    assert_eq!(s.degradation_level.as_deref(), Some("reduced"));
+    metrics.on_event(&Event::LevelChanged {
+        from: "reduced",
+        to: "full",
+        load: 0.1,
+    });
+    assert_eq!(
+        metrics.snapshot().degradation_level.as_deref(),
+        Some("full")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn prometheus_text_has_every_family_and_escapes_labels() {
+    let metrics = ErrorMetrics::new();
+    run(
+        &metrics,
+        "edge \"a\"\nb\\c",
+        [
+            timeout(),
+            Do::Answer {
+                tier: "primary",
+                fallback: false,
+                after: SEC,
+            },
+        ],
+    )
+    .await;
+    let text = metrics.render_prometheus();
+    for family in [
+        "calls_total",
+        "errors_total",
+        "error_rate_per_minute",
+        "error_spike",
+        "error_pattern_occurrences",
+        "latency_seconds",
+        "tier_answers_total",
+        "primary_share",
+        "sla_breached",
+        "breaker_transitions_total",
+        "retries_total",
+        "retry_budget_exhausted_total",
+        "degradation_level",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE tower_inference_{family} ")),
+            "{family} missing:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# HELP tower_inference_{family} ")),
+            "{family} help missing"
+        );
+    }
+    assert!(
+        text.contains(r#"tower_inference_calls_total{stage="edge \"a\"\nb\\c"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tower_inference_latency_seconds_count{stage="edge \"a\"\nb\\c"} 2"#),
+        "{text}"
+    );
+}
