@@ -107,6 +107,7 @@ pub mod degrade;
 pub mod error;
 pub mod event;
 pub mod fallback;
+pub mod health;
 pub mod metrics;
 pub mod params;
 pub mod provenance;
