@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_inference::retry::{Backoff, OOM_WARNING, RetryBudget, RetryLayer};
+use tower_inference::retry::{Backoff, RetryBudget, RetryLayer};
 use tower_inference::{ErrorKind, Event, InferenceError, ModelFailure, Served};
 
 const MS: Duration = Duration::from_millis(1);
@@ -396,6 +396,7 @@ async fn an_error_from_poll_ready_ends_the_retries() {
 mod with_mock_gpu {
     use super::*;
     use tower_inference::mock::{ChaosLayer, InferenceRequest, MockGpu};
+    use tower_inference::retry::OOM_WARNING;
     use tower_inference::{Annotate, GenerationParams};
 
     fn gpu_fitting(mib: u64) -> MockGpu {
