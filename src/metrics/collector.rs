@@ -47,6 +47,20 @@ impl Striped {
     }
 }
 
+/// A thread's latency histogram, on cache lines of its own.
+#[repr(align(128))]
+struct LatencyStripe(Mutex<Histogram<u64>>);
+
+/// A thread's answer counts per tier slot, on cache lines of its own.
+#[repr(align(128))]
+struct TierStripe([AtomicU64; MAX_TIERS + 1]);
+
+impl Default for TierStripe {
+    fn default() -> Self {
+        TierStripe(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 /// Everything one metrics layer (one stage) records.
 pub(crate) struct Stage {
     pub(crate) name: String,
@@ -55,9 +69,10 @@ pub(crate) struct Stage {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     rates: [RateRing; ErrorKind::ALL.len()],
     /// Latency in microseconds, one histogram per stripe.
-    latency: Box<[Mutex<Histogram<u64>>]>,
-    tiers: [(OnceLock<String>, AtomicU64); MAX_TIERS],
-    other_tiers: AtomicU64,
+    latency: Box<[LatencyStripe]>,
+    /// Tier names, set once per slot; the last slot counts every further tier.
+    tier_names: [OnceLock<String>; MAX_TIERS],
+    tiers: Box<[TierStripe]>,
     primary: Striped,
     full_or_reduced: Striped,
     patterns: Box<[Mutex<SpaceSaving>]>,
@@ -86,9 +101,11 @@ impl Stage {
             calls: Striped::default(),
             errors: Default::default(),
             rates: Default::default(),
-            latency: (0..STRIPES).map(|_| Mutex::new(histogram())).collect(),
-            tiers: Default::default(),
-            other_tiers: AtomicU64::new(0),
+            latency: (0..STRIPES)
+                .map(|_| LatencyStripe(Mutex::new(histogram())))
+                .collect(),
+            tier_names: Default::default(),
+            tiers: (0..STRIPES).map(|_| TierStripe::default()).collect(),
             primary: Striped::default(),
             full_or_reduced: Striped::default(),
             patterns: (0..STRIPES)
@@ -111,7 +128,7 @@ impl Stage {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        lock(&self.latency[index]).saturating_record(micros);
+        lock(&self.latency[index].0).saturating_record(micros);
         match kind {
             Some(kind) => {
                 let k = kind_index(kind);
@@ -123,7 +140,7 @@ impl Stage {
             None => {
                 let default = Provenance::default();
                 let p = provenance.unwrap_or(&default);
-                self.count_tier(&p.tier);
+                self.tiers[index].0[self.tier_slot(&p.tier)].fetch_add(1, Relaxed);
                 if !p.fallback {
                     self.primary.add(index);
                 }
@@ -134,23 +151,21 @@ impl Stage {
         }
     }
 
-    fn count_tier(&self, tier: &str) {
-        for (name, count) in &self.tiers {
+    /// The slot counting `tier`: its own while fewer than `MAX_TIERS` tiers were seen, else
+    /// the shared `"other"` slot.
+    fn tier_slot(&self, tier: &str) -> usize {
+        for (slot, name) in self.tier_names.iter().enumerate() {
             match name.get() {
-                Some(n) if n == tier => {
-                    count.fetch_add(1, Relaxed);
-                    return;
-                }
-                Some(_) => continue,
+                Some(n) if n == tier => return slot,
+                Some(_) => {}
                 None => {
                     if name.get_or_init(|| tier.to_owned()) == tier {
-                        count.fetch_add(1, Relaxed);
-                        return;
+                        return slot;
                     }
                 }
             }
         }
-        self.other_tiers.fetch_add(1, Relaxed);
+        MAX_TIERS
     }
 
     fn snapshot(&self, period: u32, spike_multiplier: f64, sla: f64) -> StageSnapshot {
@@ -177,7 +192,7 @@ impl Stage {
         }
         let mut merged = histogram();
         for h in self.latency.iter() {
-            let _ = merged.add(&*lock(h));
+            let _ = merged.add(&*lock(&h.0));
         }
         let quantile = |q| Duration::from_micros(merged.value_at_quantile(q));
         let latency = LatencySnapshot {
@@ -188,13 +203,15 @@ impl Stage {
             max: Duration::from_micros(merged.max()),
             sum: Duration::from_secs_f64(merged.mean() * merged.len() as f64 / 1e6),
         };
+        let count =
+            |slot: usize| -> u64 { self.tiers.iter().map(|t| t.0[slot].load(Relaxed)).sum() };
         let mut tiers = BTreeMap::new();
-        for (name, count) in &self.tiers {
+        for (slot, name) in self.tier_names.iter().enumerate() {
             if let Some(name) = name.get() {
-                tiers.insert(name.clone(), count.load(Relaxed));
+                tiers.insert(name.clone(), count(slot));
             }
         }
-        let other = self.other_tiers.load(Relaxed);
+        let other = count(MAX_TIERS);
         if other > 0 {
             tiers.insert("other".to_owned(), other);
         }
