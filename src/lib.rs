@@ -37,6 +37,9 @@
 //!   from a cache in memory or Redis, a static default) and says which tier answered.
 //! - [`degrade`]: as load rises (in-flight requests, latency, GPU probes), scales requests
 //!   down (tokens, steps, batch, resolution) through levels with hysteresis, and says so.
+//! - [`metrics`]: error counts per kind, windowed rates, spike detection, bounded top error
+//!   patterns, latency percentiles and the tier distribution, as Prometheus text.
+//! - [`health`]: live, ready and deep-canary health checks, over HTTP with feature `http`.
 //!
 //! Layers that must create an error ask for `E: From<InferenceError>`, which both
 //! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
@@ -79,7 +82,8 @@
 //!
 //! - `mock`: [`mock::MockGpu`], a realistic GPU-backed model service, and
 //!   [`mock::ChaosLayer`], fault injection for any service.
-//! - `http`: `HttpClassifier` and [`Annotate`] for `http::Response`.
+//! - `http`: `HttpClassifier`, [`Annotate`] for `http::Response`, and
+//!   `health::HealthService`.
 //! - `redis`: `fallback::RedisStore`, a cache of last-good answers shared by replicas.
 //!
 //! # Reuse of tower
