@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+mod support;
+
+use support::all_events;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
-use tower_inference::{
-    CircuitState, Emitter, ErrorKind, Event, EventSink, InferenceError, Quality, Served,
-};
+use tower_inference::{Emitter, ErrorKind, Event, EventSink, InferenceError, Quality, Served};
 
 const SEC: Duration = Duration::from_secs(1);
 const MIN: Duration = Duration::from_secs(60);
@@ -207,54 +208,22 @@ async fn stages_are_kept_apart() {
 fn events_from_other_layers_are_counted() {
     let metrics = ErrorMetrics::new();
     let emitter = Emitter::new(metrics.clone());
-    let q = Quality::Stale;
-    emitter.emit(&Event::BreakerTransition {
-        breaker: "llama",
-        from: CircuitState::Closed,
-        to: CircuitState::Open,
-    });
+    let quality = Quality::Stale;
+    for event in all_events(&quality) {
+        emitter.emit(&event);
+    }
     emitter.emit(&Event::CallRejected {
-        breaker: "llama",
+        breaker: "b",
         retry_in: SEC,
-    });
-    emitter.emit(&Event::CallRejected {
-        breaker: "llama",
-        retry_in: SEC,
-    });
-    emitter.emit(&Event::RetryScheduled {
-        attempt: 2,
-        kind: ErrorKind::Timeout,
-        delay: SEC,
-    });
-    emitter.emit(&Event::BudgetExhausted {
-        kind: ErrorKind::Timeout,
-    });
-    emitter.emit(&Event::TierServed {
-        tier: "cache",
-        quality: &q,
-        fallback: true,
     });
     emitter.emit(&Event::TierServed {
         tier: "primary",
         quality: &Quality::Full,
         fallback: false,
     });
-    emitter.emit(&Event::TierFailed {
-        tier: "primary",
-        kind: ErrorKind::Infrastructure,
-    });
-    emitter.emit(&Event::CacheFailed {
-        tier: "cache",
-        operation: "write",
-    });
-    emitter.emit(&Event::LevelChanged {
-        from: "full",
-        to: "reduced",
-        load: 0.8,
-    });
     let s = metrics.snapshot();
-    assert_eq!(s.breaker_transitions["llama|open"], 1);
-    assert_eq!(s.breaker_rejections["llama"], 2);
+    assert_eq!(s.breaker_transitions["b|open"], 1);
+    assert_eq!(s.breaker_rejections["b"], 2);
     assert_eq!(s.retries["timeout"], 1);
     assert_eq!(s.budget_exhausted, 1);
     assert_eq!(s.tiers_served.get("cache"), Some(&1));

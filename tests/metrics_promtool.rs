@@ -7,9 +7,12 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod support;
+
+use support::all_events;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
-use tower_inference::{CircuitState, Emitter, ErrorKind, Event, InferenceError, Quality, Served};
+use tower_inference::{Emitter, InferenceError, Quality, Served};
 
 #[tokio::test(start_paused = true)]
 async fn promtool_accepts_a_full_snapshot() {
@@ -33,42 +36,10 @@ async fn promtool_accepts_a_full_snapshot() {
         let _ = svc.clone().oneshot(n).await;
     }
     let emitter = Emitter::new(metrics.clone());
-    let q = Quality::Stale;
-    emitter.emit(&Event::BreakerTransition {
-        breaker: "llama",
-        from: CircuitState::Closed,
-        to: CircuitState::Open,
-    });
-    emitter.emit(&Event::CallRejected {
-        breaker: "llama",
-        retry_in: Duration::from_secs(1),
-    });
-    emitter.emit(&Event::RetryScheduled {
-        attempt: 2,
-        kind: ErrorKind::Timeout,
-        delay: Duration::from_secs(1),
-    });
-    emitter.emit(&Event::BudgetExhausted {
-        kind: ErrorKind::Timeout,
-    });
-    emitter.emit(&Event::TierServed {
-        tier: "cache",
-        quality: &q,
-        fallback: true,
-    });
-    emitter.emit(&Event::TierFailed {
-        tier: "primary",
-        kind: ErrorKind::Timeout,
-    });
-    emitter.emit(&Event::CacheFailed {
-        tier: "cache",
-        operation: "read",
-    });
-    emitter.emit(&Event::LevelChanged {
-        from: "full",
-        to: "reduced",
-        load: 0.8,
-    });
+    let quality = Quality::Stale;
+    for event in all_events(&quality) {
+        emitter.emit(&event);
+    }
     let text = metrics.render_prometheus();
     assert!(
         text.contains("tower_inference_error_spike{"),

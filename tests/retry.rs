@@ -207,31 +207,24 @@ async fn a_first_attempt_answer_is_left_untouched() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_replaces_a_shorter_delay() {
-    let overloaded = InferenceError::Overloaded {
-        queue_depth: 9,
-        retry_after: Some(2 * SEC),
-    };
-    let backend = Scripted::new(vec![Err(overloaded), Ok(1)]);
-    let svc = ServiceBuilder::new()
-        .layer(RetryLayer::builder().backoff(exact(100)).build())
-        .service(backend.clone());
-    svc.oneshot("q").await.unwrap();
-    assert_eq!(backend.times(), [Duration::ZERO, 2 * SEC]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_longer_backoff_wins_over_retry_after() {
-    let overloaded = InferenceError::Overloaded {
-        queue_depth: 9,
-        retry_after: Some(50 * MS),
-    };
-    let backend = Scripted::new(vec![Err(overloaded), Ok(1)]);
-    let svc = ServiceBuilder::new()
-        .layer(RetryLayer::builder().backoff(exact(300)).build())
-        .service(backend.clone());
-    svc.oneshot("q").await.unwrap();
-    assert_eq!(backend.times(), [Duration::ZERO, 300 * MS]);
+async fn the_longer_of_backoff_and_retry_after_wins() {
+    // backoff base, retry-after -> when the retry starts
+    for (base_ms, after, expected) in [(100, 2 * SEC, 2 * SEC), (300, 50 * MS, 300 * MS)] {
+        let overloaded = InferenceError::Overloaded {
+            queue_depth: 9,
+            retry_after: Some(after),
+        };
+        let backend = Scripted::new(vec![Err(overloaded), Ok(1)]);
+        let svc = ServiceBuilder::new()
+            .layer(RetryLayer::builder().backoff(exact(base_ms)).build())
+            .service(backend.clone());
+        svc.oneshot("q").await.unwrap();
+        assert_eq!(
+            backend.times(),
+            [Duration::ZERO, expected],
+            "backoff {base_ms} ms, retry-after {after:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

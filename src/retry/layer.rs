@@ -133,16 +133,7 @@ impl<C, D> RetryBuilder<C, D> {
 
     /// How results are classified (default [`DefaultClassifier`]).
     pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, D> {
-        RetryBuilder {
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            deadline: self.deadline,
-            max_retry_after: self.max_retry_after,
-            budget: self.budget,
-            classifier,
-            oom: self.oom,
-            emitter: self.emitter,
-        }
+        self.with(|_, oom| (classifier, oom))
     }
 
     /// Retries an out-of-memory failure once with a smaller request (half the tokens, steps,
@@ -155,15 +146,31 @@ impl<C, D> RetryBuilder<C, D> {
 
     /// Like [`oom_retry`](Self::oom_retry), shrinking the request by `scale`.
     pub fn oom_retry_with(self, scale: Scale) -> RetryBuilder<C, ShrinkOnOom> {
+        self.with(|classifier, _| (classifier, ShrinkOnOom { scale }))
+    }
+
+    /// The same settings with the classifier and out-of-memory policy `f` makes of the old.
+    fn with<C2, D2>(self, f: impl FnOnce(C, D) -> (C2, D2)) -> RetryBuilder<C2, D2> {
+        let RetryBuilder {
+            max_attempts,
+            backoff,
+            deadline,
+            max_retry_after,
+            budget,
+            classifier,
+            oom,
+            emitter,
+        } = self;
+        let (classifier, oom) = f(classifier, oom);
         RetryBuilder {
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            deadline: self.deadline,
-            max_retry_after: self.max_retry_after,
-            budget: self.budget,
-            classifier: self.classifier,
-            oom: ShrinkOnOom { scale },
-            emitter: self.emitter,
+            max_attempts,
+            backoff,
+            deadline,
+            max_retry_after,
+            budget,
+            classifier,
+            oom,
+            emitter,
         }
     }
 
