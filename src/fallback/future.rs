@@ -140,33 +140,31 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let shared = &this.local.shared;
-        match this.state.as_mut().project() {
-            StateProj::Primary { fut } => {
-                let mut result = ready!(fut.poll(cx));
-                let (failures, caller) = match after(shared, result) {
-                    Next::Return(mut ret) => {
-                        if let Ok(res) = &mut ret {
-                            served_primary(shared, res, this.cache_key.take());
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Primary { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let shared = &this.local.shared;
+                    let (failures, caller) = match after(shared, result) {
+                        Next::Return(mut result) => {
+                            if let Ok(res) = &mut result {
+                                served_primary(shared, res, this.cache_key.take());
+                            }
+                            return Poll::Ready(result);
                         }
-                        return Poll::Ready(ret);
-                    }
-                    Next::Walk(failures, caller) => (failures, caller),
-                };
-                let Some(req) = this.req.take() else {
-                    result = Err(exhausted(failures));
-                    return Poll::Ready(result);
-                };
-                let walk = walk(this.local.clone(), req, failures, caller);
-                this.state.set(State::Walking {
-                    fut: Box::pin(walk),
-                });
-                match this.state.project() {
-                    StateProj::Walking { fut } => fut.as_mut().poll(cx),
-                    StateProj::Primary { .. } => Poll::Pending,
+                        Next::Walk(failures, caller) => (failures, caller),
+                    };
+                    // A request is kept whenever a tier follows, and `after` walks only then.
+                    let Some(req) = this.req.take() else {
+                        return Poll::Ready(Err(exhausted(failures)));
+                    };
+                    let walk = walk(this.local.clone(), req, failures, caller);
+                    this.state.set(State::Walking {
+                        fut: Box::pin(walk),
+                    });
                 }
+                StateProj::Walking { fut } => return fut.as_mut().poll(cx),
             }
-            StateProj::Walking { fut } => fut.as_mut().poll(cx),
         }
     }
 }
