@@ -116,6 +116,7 @@ pub mod metrics;
 pub mod params;
 pub mod provenance;
 pub mod retry;
+mod ring;
 mod rng;
 mod stripe;
 

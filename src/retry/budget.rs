@@ -2,12 +2,13 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::InferenceError;
+use crate::ring::{PeriodRing, count_of, pack, period_of};
 use crate::stripe::{STRIPES, stripe};
 
 /// Buckets the time-to-live is cut into; the window slides a bucket at a time.
@@ -15,55 +16,14 @@ const BUCKETS: usize = 10;
 /// One retry, in thousandths: percentages are kept exact to 0.1 %.
 const WITHDRAWAL: u64 = 1_000;
 
-/// A ring of `BUCKETS` counters, each packed as `period << 32 | count`, so moving a bucket
-/// on to a new period and counting in it are single atomic operations.
+/// A thread's deposit counters, on cache lines of their own.
 #[derive(Default)]
 #[repr(align(128))]
-struct Ring([AtomicU64; BUCKETS]);
+struct Stripe(PeriodRing<BUCKETS>);
 
-impl Ring {
-    fn add(&self, period: u32) {
-        let cell = &self.0[period as usize % BUCKETS];
-        let mut current = cell.load(Relaxed);
-        loop {
-            let bucket = (current >> 32) as u32;
-            // A bucket already moved on past `period` (by a thread with a fresher clock
-            // reading) takes the count as it is, rather than being wound back.
-            if bucket == period || (bucket != 0 && bucket.wrapping_sub(period) < u32::MAX / 2) {
-                cell.fetch_add(1, Relaxed);
-                return;
-            }
-            match cell.compare_exchange_weak(current, pack(period, 1), Relaxed, Relaxed) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// The counts of the buckets of `period` and the `BUCKETS - 1` periods before it,
-    /// leaving out the bucket at index `skip`, if any.
-    fn sum(&self, period: u32, skip: Option<usize>) -> u64 {
-        self.0
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .map(|(_, cell)| cell.load(Relaxed))
-            .filter(|&word| in_window((word >> 32) as u32, period))
-            .map(count)
-            .sum()
-    }
-}
-
-fn pack(period: u32, count: u64) -> u64 {
-    (u64::from(period) << 32) | count
-}
-
-fn count(word: u64) -> u64 {
-    word & u64::from(u32::MAX)
-}
-
-fn in_window(bucket: u32, now: u32) -> bool {
-    bucket != 0 && now.wrapping_sub(bucket) < BUCKETS as u32
+/// Events in the window of `BUCKETS` periods up to `period`.
+fn in_window(ring: &PeriodRing<BUCKETS>, period: u32, skip: Option<usize>) -> u64 {
+    ring.sum(period, BUCKETS as u32, skip)
 }
 
 /// A thread reads the clock once every this many deposits.
@@ -113,10 +73,10 @@ fn clock_due() -> bool {
 /// # }
 /// ```
 pub struct RetryBudget {
-    deposits: Box<[Ring]>,
+    deposits: Box<[Stripe]>,
     /// The latest period any thread has read off the clock; deposits are counted in it.
     period_hint: AtomicU32,
-    withdrawals: Ring,
+    withdrawals: PeriodRing<BUCKETS>,
     origin: Instant,
     bucket_nanos: u64,
     reserve: u64,
@@ -153,9 +113,9 @@ impl RetryBudget {
     fn unchecked(ttl: Duration, min_per_sec: u32, retry_percent: f64) -> Self {
         let bucket_nanos = u64::try_from(ttl.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
         RetryBudget {
-            deposits: (0..STRIPES).map(|_| Ring::default()).collect(),
+            deposits: (0..STRIPES).map(|_| Stripe::default()).collect(),
             period_hint: AtomicU32::new(1),
-            withdrawals: Ring::default(),
+            withdrawals: PeriodRing::default(),
             origin: Instant::now(),
             bucket_nanos: bucket_nanos.max(1),
             reserve: u64::from(min_per_sec)
@@ -207,7 +167,7 @@ impl RetryBudget {
         } else {
             self.period_hint.load(Relaxed)
         };
-        self.deposits[stripe()].add(period);
+        self.deposits[stripe()].0.add(period);
     }
 
     /// Takes one retry from the budget if the balance allows it.
@@ -216,17 +176,17 @@ impl RetryBudget {
     /// and re-checks the balance, if another retry got in first.
     pub fn withdraw(&self) -> bool {
         let period = self.period();
-        let index = period as usize % BUCKETS;
+        let index = PeriodRing::<BUCKETS>::index(period);
         let available = self
             .reserve
             .saturating_add(self.deposited(period).saturating_mul(self.deposit_amount));
         // Only the current bucket can change under us within this period.
-        let earlier = self.withdrawals.sum(period, Some(index));
-        let cell = &self.withdrawals.0[index];
+        let earlier = in_window(&self.withdrawals, period, Some(index));
+        let cell = self.withdrawals.cell(period);
         let mut current = cell.load(Acquire);
         loop {
-            let now = if (current >> 32) as u32 == period {
-                count(current)
+            let now = if period_of(current) == period {
+                count_of(current)
             } else {
                 0
             };
@@ -244,7 +204,7 @@ impl RetryBudget {
     fn deposited(&self, period: u32) -> u64 {
         self.deposits
             .iter()
-            .map(|ring| ring.sum(period, None))
+            .map(|stripe| in_window(&stripe.0, period, None))
             .sum()
     }
 
@@ -254,10 +214,7 @@ impl RetryBudget {
         let available = self
             .reserve
             .saturating_add(self.deposited(period).saturating_mul(self.deposit_amount));
-        let withdrawn = self
-            .withdrawals
-            .sum(period, None)
-            .saturating_mul(WITHDRAWAL);
+        let withdrawn = in_window(&self.withdrawals, period, None).saturating_mul(WITHDRAWAL);
         available.saturating_sub(withdrawn) / WITHDRAWAL
     }
 }
