@@ -86,8 +86,6 @@ struct Drill {
     svc: tower_inference::fallback::Fallback<
         MockGpu,
         InferenceRequest,
-        Completion,
-        InferenceError,
         tower_inference::DefaultClassifier,
     >,
     events: Served,

@@ -72,8 +72,11 @@ impl<Req, Res, E> FallbackLayer<Req, Res, E> {
     }
 }
 
-impl<S, Req, Res, E, C> Layer<S> for FallbackLayer<Req, Res, E, C> {
-    type Service = Fallback<S, Req, Res, E, C>;
+impl<S, Req, Res, E, C> Layer<S> for FallbackLayer<Req, Res, E, C>
+where
+    S: Service<Req, Response = Res, Error = E>,
+{
+    type Service = Fallback<S, Req, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Fallback::new(inner, self.shared.clone())
@@ -117,10 +120,17 @@ impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
     }
 
     /// Adds a service tier.
+    ///
+    /// The tier must answer with the chain's response type, and its error must convert into
+    /// the chain's (see [`Tier::new`]).
     pub fn tier<S>(self, name: impl Into<Cow<'static, str>>, quality: Quality, svc: S) -> Self
     where
-        S: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+        S: Service<Req, Response = Res> + Clone + Send + Sync + 'static,
+        S::Error: Into<E>,
         S::Future: Send + 'static,
+        Req: 'static,
+        Res: 'static,
+        E: 'static,
     {
         self.tier_with(Tier::new(name, quality, svc))
     }

@@ -7,7 +7,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Shared;
-use crate::classify::Classify;
+use crate::classify::{Classify, DefaultClassifier};
 use crate::error::InferenceError;
 use crate::provenance::Annotate;
 
@@ -20,15 +20,27 @@ pub(crate) struct Local<Req, Res, E, C> {
 
 /// A service whose failures are answered by the next tier; made by
 /// [`FallbackLayer`](super::FallbackLayer).
-pub struct Fallback<S, Req, Res, E, C> {
+///
+/// Its type names the wrapped service and the request, never the response or error types:
+/// those are the wrapped service's (`S::Response`, `S::Error`). A type parameter for the
+/// error would break `tokio::spawn` of a future that holds this service's call (e.g.
+/// `svc.oneshot(req)` in a spawned task) when the error is `tower::BoxError`: the compiler
+/// checks such a future's `Send` with every lifetime in its types erased, and an `E` parameter
+/// standing for `Box<dyn Error + Send + Sync + 'static>` could then no longer be proved equal
+/// to the wrapped service's `'static` error type. Naming the error through `S` keeps the
+/// `'static`.
+pub struct Fallback<S, Req, C = DefaultClassifier>
+where
+    S: Service<Req>,
+{
     inner: S,
-    local: Arc<Local<Req, Res, E, C>>,
+    local: Arc<Local<Req, S::Response, S::Error, C>>,
     /// An error the wrapped service reported from `poll_ready`: the next call falls back.
-    not_ready: Option<E>,
+    not_ready: Option<S::Error>,
 }
 
-impl<S, Req, Res, E, C> Fallback<S, Req, Res, E, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<Req, Res, E, C>>) -> Self {
+impl<S: Service<Req>, Req, C> Fallback<S, Req, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<Req, S::Response, S::Error, C>>) -> Self {
         Fallback {
             inner,
             local: Arc::new(Local { shared }),
@@ -42,13 +54,13 @@ impl<S, Req, Res, E, C> Fallback<S, Req, Res, E, C> {
     }
 }
 
-impl<S: Clone, Req, Res, E, C> Clone for Fallback<S, Req, Res, E, C> {
+impl<S: Service<Req> + Clone, Req, C> Clone for Fallback<S, Req, C> {
     fn clone(&self) -> Self {
         Fallback::new(self.inner.clone(), self.local.shared.clone())
     }
 }
 
-impl<S: std::fmt::Debug, Req, Res, E, C> std::fmt::Debug for Fallback<S, Req, Res, E, C> {
+impl<S: Service<Req> + std::fmt::Debug, Req, C> std::fmt::Debug for Fallback<S, Req, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fallback")
             .field("inner", &self.inner)
@@ -57,17 +69,17 @@ impl<S: std::fmt::Debug, Req, Res, E, C> std::fmt::Debug for Fallback<S, Req, Re
     }
 }
 
-impl<S, Req, Res, E, C> Service<Req> for Fallback<S, Req, Res, E, C>
+impl<S, Req, C> Service<Req> for Fallback<S, Req, C>
 where
-    S: Service<Req, Response = Res, Error = E>,
+    S: Service<Req>,
     Req: Clone + Send + 'static,
-    Res: Annotate + Send + 'static,
-    E: From<InferenceError> + Send + 'static,
-    C: Classify<Res, E> + Send + Sync + 'static,
+    S::Response: Annotate + Send + 'static,
+    S::Error: From<InferenceError> + Send + 'static,
+    C: Classify<S::Response, S::Error> + Send + Sync + 'static,
 {
-    type Response = Res;
-    type Error = E;
-    type Future = ResponseFuture<S::Future, Req, Res, E, C>;
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, Req, S::Response, S::Error, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.not_ready.is_some() {

@@ -27,15 +27,24 @@ pub struct Tier<Req, Res, E> {
 
 impl<Req, Res, E> Tier<Req, Res, E> {
     /// A tier named `name` whose answers have `quality`, served by `svc`.
+    ///
+    /// The tier must answer with the chain's response type; its error only has to convert
+    /// into the chain's (`S::Error: Into<E>`), so an [`InferenceError`](crate::InferenceError)
+    /// tier fits a chain over tower's timeout (`tower::BoxError`). A tier that fits neither
+    /// way fails to compile here, at the call that adds it, with the mismatched types named.
     pub fn new<S>(name: impl Into<Cow<'static, str>>, quality: Quality, svc: S) -> Self
     where
-        S: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+        S: Service<Req, Response = Res> + Clone + Send + Sync + 'static,
+        S::Error: Into<E>,
         S::Future: Send + 'static,
+        Req: 'static,
+        Res: 'static,
+        E: 'static,
     {
         Tier {
             name: name.into(),
             quality,
-            svc: BoxCloneSyncService::new(svc),
+            svc: BoxCloneSyncService::new(tower::ServiceExt::map_err(svc, Into::into)),
             cacheable: None,
             accepts: Vec::new(),
         }
