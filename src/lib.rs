@@ -119,6 +119,7 @@ pub mod retry;
 mod ring;
 mod rng;
 mod stripe;
+mod tally;
 
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -129,4 +130,6 @@ pub use crate::classify::{Classify, ClassifyError, DefaultClassifier, Outcome};
 pub use crate::error::{ErrorBody, ErrorKind, InferenceError, ModelFailure, TierFailure};
 pub use crate::event::{CircuitState, Emitter, Event, EventSink, NoopSink};
 pub use crate::params::{Degrade, GenerationParams, Scale};
-pub use crate::provenance::{Annotate, PRIMARY_TIER, Provenance, Quality, Served};
+pub use crate::provenance::{
+    Annotate, MAX_FAILED_TIERS, PRIMARY_TIER, Provenance, Quality, Served,
+};

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::TierFailure;
+
 /// How good an answer is, as a label a client can show or act on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,7 +89,16 @@ pub struct Provenance {
     pub cache_age: Option<Duration>,
     /// Notes for the caller, e.g. "reduced max_tokens due to memory constraints".
     pub warnings: Vec<Cow<'static, str>>,
+    /// Why the answer is a fallback: each tier that failed before the one that answered, in
+    /// the order tried, with the kind it failed with. Empty when the first tier answered (and
+    /// then never allocated); at most [`MAX_FAILED_TIERS`] entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tiers: Vec<TierFailure>,
 }
+
+/// The most failed tiers a [`Provenance`] lists; a longer chain's later failures are counted
+/// in [`Provenance::attempts`] but not listed.
+pub const MAX_FAILED_TIERS: usize = 8;
 
 impl Default for Provenance {
     fn default() -> Self {
@@ -99,6 +110,7 @@ impl Default for Provenance {
             attempts: 1,
             cache_age: None,
             warnings: Vec::new(),
+            failed_tiers: Vec::new(),
         }
     }
 }
@@ -135,6 +147,14 @@ impl Provenance {
     /// Records the age of a cached answer.
     pub fn set_cache_age(&mut self, age: Duration) -> &mut Self {
         self.cache_age = Some(age);
+        self
+    }
+
+    /// Records the tiers that failed before the one that answered, in the order tried (kept
+    /// up to [`MAX_FAILED_TIERS`]).
+    pub fn set_failed_tiers(&mut self, mut failed: Vec<TierFailure>) -> &mut Self {
+        failed.truncate(MAX_FAILED_TIERS);
+        self.failed_tiers = failed;
         self
     }
 

@@ -16,6 +16,7 @@ use crate::classify::{Classify, Outcome};
 use crate::error::{ErrorKind, InferenceError, TierFailure};
 use crate::event::Event;
 use crate::provenance::{Annotate, PRIMARY_TIER, Quality};
+use crate::tally::{self, Counted};
 
 pin_project! {
     /// The response future of [`Fallback`](super::Fallback).
@@ -34,7 +35,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, Res, E> {
-        Primary { #[pin] fut: F },
+        Primary { #[pin] fut: Counted<F> },
         Walking { fut: BoxFuture<Result<Res, E>> },
     }
 }
@@ -47,7 +48,9 @@ impl<F, Req, Res, E, C> ResponseFuture<F, Req, Res, E, C> {
         cache_key: Option<String>,
     ) -> Self {
         ResponseFuture {
-            state: State::Primary { fut },
+            state: State::Primary {
+                fut: Counted::new(fut),
+            },
             local,
             req,
             cache_key,
@@ -68,9 +71,9 @@ where
         req: Req,
         primary: Result<Res, E>,
     ) -> Self {
-        let walk = match after(&local.shared, primary) {
+        let walk = match after(&local.shared, primary, None) {
             Next::Return(result) => Box::pin(std::future::ready(result)) as BoxFuture<_>,
-            Next::Walk(failures, caller) => Box::pin(walk(local.clone(), req, failures, caller)),
+            Next::Walk(walked) => Box::pin(walk(local.clone(), req, walked)),
         };
         ResponseFuture {
             state: State::Walking { fut: walk },
@@ -94,11 +97,27 @@ impl<F, Req, Res, E, C> std::fmt::Debug for ResponseFuture<F, Req, Res, E, C> {
 /// What follows the primary's result.
 enum Next<Res, E> {
     Return(Result<Res, E>),
-    /// Walk the chain, with the failures so far and, for a caller's fault, its kind.
-    Walk(Vec<TierFailure>, Option<ErrorKind>),
+    /// Walk the chain.
+    Walk(Walked),
 }
 
-fn after<Req, Res, E, C>(shared: &Shared<Req, Res, E, C>, result: Result<Res, E>) -> Next<Res, E>
+/// The chain walked so far.
+struct Walked {
+    /// The tiers that failed, in order.
+    failures: Vec<TierFailure>,
+    /// For a caller's fault, its kind: only tiers that accept it are tried.
+    caller: Option<ErrorKind>,
+    /// Backend calls made by the failed tiers.
+    calls: u32,
+}
+
+/// Classifies the primary's result; `reported` is the backend calls reported while it ran,
+/// `None` when it was never called.
+fn after<Req, Res, E, C>(
+    shared: &Shared<Req, Res, E, C>,
+    result: Result<Res, E>,
+    reported: Option<u32>,
+) -> Next<Res, E>
 where
     C: Classify<Res, E>,
 {
@@ -114,7 +133,11 @@ where
         tier: &shared.primary,
         kind,
     });
-    Next::Walk(vec![TierFailure::new(shared.primary.clone(), kind)], caller)
+    Next::Walk(Walked {
+        failures: vec![TierFailure::new(shared.primary.clone(), kind)],
+        caller,
+        calls: reported.map_or(0, |n| tally::failed_calls(n, kind)),
+    })
 }
 
 /// Whether a tier at `from` or after takes requests refused with `kind`.
@@ -143,22 +166,22 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Primary { fut } => {
-                    let result = ready!(fut.poll(cx));
+                    let (result, reported) = ready!(fut.poll(cx));
                     let shared = &this.local.shared;
-                    let (failures, caller) = match after(shared, result) {
+                    let walked = match after(shared, result, Some(reported)) {
                         Next::Return(mut result) => {
                             if let Ok(res) = &mut result {
                                 served_primary(shared, res, this.cache_key.take());
                             }
                             return Poll::Ready(result);
                         }
-                        Next::Walk(failures, caller) => (failures, caller),
+                        Next::Walk(walked) => walked,
                     };
                     // A request is kept whenever a tier follows, and `after` walks only then.
                     let Some(req) = this.req.take() else {
-                        return Poll::Ready(Err(exhausted(failures)));
+                        return Poll::Ready(Err(exhausted(walked.failures)));
                     };
-                    let walk = walk(this.local.clone(), req, failures, caller);
+                    let walk = walk(this.local.clone(), req, walked);
                     this.state.set(State::Walking {
                         fut: Box::pin(walk),
                     });
@@ -235,8 +258,7 @@ fn cache_failed<Req, Res, E, C>(
 async fn walk<Req, Res, E, C>(
     local: Arc<Local<Req, Res, E, C>>,
     req: Req,
-    mut failures: Vec<TierFailure>,
-    mut caller: Option<ErrorKind>,
+    walked: Walked,
 ) -> Result<Res, E>
 where
     Req: Clone + Send + 'static,
@@ -245,6 +267,11 @@ where
     C: Classify<Res, E> + Send + Sync + 'static,
 {
     let shared = &local.shared;
+    let Walked {
+        mut failures,
+        mut caller,
+        mut calls,
+    } = walked;
     for (index, tier) in shared.tiers.iter().enumerate() {
         if let Some(kind) = caller {
             if !tier.accepts.contains(&kind) {
@@ -254,10 +281,14 @@ where
         }
         let mut res = match &tier.kind {
             TierKind::Service(svc) => {
-                let result = svc.clone().oneshot(req.clone()).await;
+                let (result, reported) = Counted::new(svc.clone().oneshot(req.clone())).await;
                 match shared.classifier.classify(result.as_ref()) {
                     Outcome::Success => match result {
-                        Ok(res) => res,
+                        Ok(res) => {
+                            let own = res.provenance().map_or(1, |p| p.attempts);
+                            calls = calls.saturating_add(own);
+                            res
+                        }
                         Err(err) => return Err(err),
                     },
                     Outcome::Failure { kind, .. } => {
@@ -271,6 +302,7 @@ where
                             tier: &tier.name,
                             kind,
                         });
+                        calls = calls.saturating_add(tally::failed_calls(reported, kind));
                         failures.push(TierFailure::new(tier.name.clone(), kind));
                         continue;
                     }
@@ -291,7 +323,9 @@ where
         };
         res.provenance_mut()
             .set_tier(tier.name.clone(), tier.quality.clone())
-            .set_fallback(true);
+            .set_fallback(true)
+            .set_attempts(calls)
+            .set_failed_tiers(failures);
         shared.emitter.emit(&Event::TierServed {
             tier: &tier.name,
             quality: &tier.quality,

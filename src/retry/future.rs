@@ -111,7 +111,12 @@ where
                     };
                     let shared = &retry.local.shared;
                     match shared.decide(&mut retry.attempts, &mut retry.req, &mut result) {
-                        Decision::Done => return Poll::Ready(result),
+                        Decision::Done => {
+                            if result.is_err() {
+                                crate::tally::report(retry.attempts.made());
+                            }
+                            return Poll::Ready(result);
+                        }
                         Decision::RetryAfter(delay) if delay.is_zero() => {
                             this.state.set(State::Readying)
                         }
@@ -129,6 +134,8 @@ where
                         unreachable!("only a retrying future waits for readiness");
                     };
                     if let Err(e) = ready!(retry.svc.poll_ready(cx)) {
+                        // The next attempt never started: only the earlier ones count.
+                        crate::tally::report(retry.attempts.made() - 1);
                         return Poll::Ready(Err(e));
                     }
                     let fut = retry.svc.call(retry.req.clone());

@@ -103,6 +103,13 @@ pub(crate) struct Attempts {
     shrunk: bool,
 }
 
+impl Attempts {
+    /// Calls made so far, the running one included.
+    pub(crate) const fn made(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
+}
+
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
