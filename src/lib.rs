@@ -118,6 +118,7 @@ pub mod provenance;
 pub mod retry;
 mod ring;
 mod rng;
+pub mod stack;
 mod stripe;
 mod tally;
 

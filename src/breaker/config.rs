@@ -46,10 +46,13 @@ pub(crate) struct BreakerConfig {
     pub(crate) half_open_probes: u32,
 }
 
+/// A breaker's name when its builder gives none.
+pub(crate) const DEFAULT_NAME: &str = "breaker";
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            name: Cow::Borrowed("breaker"),
+            name: Cow::Borrowed(DEFAULT_NAME),
             window: Window::Count { size: 100 },
             minimum_calls: 20,
             failure_rate_bp: 5_000,

@@ -106,6 +106,7 @@ mod state;
 mod window;
 
 pub use self::config::BreakerBuilder;
+pub(crate) use self::config::DEFAULT_NAME;
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedBreaker, KeyedBreakerLayer};
 pub use self::layer::{BreakerHandle, BreakerLayer};

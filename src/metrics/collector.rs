@@ -13,7 +13,7 @@ use super::topk::SpaceSaving;
 use super::window::{BUCKET_SECS, RateRing, Rates};
 use crate::error::ErrorKind;
 use crate::event::{Event, EventSink};
-use crate::provenance::{Provenance, Quality};
+use crate::provenance::{PRIMARY_TIER, Provenance, Quality};
 use crate::stripe::{STRIPES, stripe};
 
 /// Tier names a stage tracks; answers from further tiers count as `"other"`.
@@ -125,6 +125,7 @@ impl Stage {
         latency: Duration,
         provenance: Option<&Provenance>,
         operation: Option<&str>,
+        primary: &str,
     ) {
         let index = stripe();
         self.calls.add(index);
@@ -143,7 +144,12 @@ impl Stage {
             None => {
                 let default = Provenance::default();
                 let p = provenance.unwrap_or(&default);
-                self.tiers[index].0[self.tier_slot(&p.tier)].fetch_add(1, Relaxed);
+                let tier = if p.tier == PRIMARY_TIER {
+                    primary
+                } else {
+                    &p.tier
+                };
+                self.tiers[index].0[self.tier_slot(tier)].fetch_add(1, Relaxed);
                 if !p.fallback {
                     self.primary.add(index);
                 }

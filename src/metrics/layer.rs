@@ -1,5 +1,6 @@
 //! [`MetricsLayer`]: records every call's outcome, latency and tier at one stage of a stack.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tower_service::Service;
 
 use super::collector::{ErrorMetrics, Stage};
 use crate::classify::{Classify, DefaultClassifier};
-use crate::provenance::{Annotate, Provenance};
+use crate::provenance::{Annotate, PRIMARY_TIER, Provenance};
 
 /// Reads an answer's provenance for the metrics layer.
 pub trait ReadProvenance<Res> {
@@ -72,6 +73,7 @@ impl<Req, F: Fn(&Req) -> String> OperationLabel<Req> for LabelFn<F> {
 #[derive(Clone)]
 pub struct MetricsLayer<C = DefaultClassifier, P = FromAnnotate, O = NoLabel> {
     stage: Arc<Stage>,
+    primary: Cow<'static, str>,
     classifier: C,
     provenance: P,
     operation: O,
@@ -90,6 +92,7 @@ impl MetricsLayer {
     pub fn new(metrics: &ErrorMetrics, stage: &str) -> Self {
         MetricsLayer {
             stage: metrics.stage(stage),
+            primary: Cow::Borrowed(PRIMARY_TIER),
             classifier: DefaultClassifier,
             provenance: FromAnnotate,
             operation: NoLabel,
@@ -98,10 +101,22 @@ impl MetricsLayer {
 }
 
 impl<C, P, O> MetricsLayer<C, P, O> {
+    /// The tier label for answers whose provenance names no tier of their own (still
+    /// [`PRIMARY_TIER`]; default `"primary"`).
+    ///
+    /// A stage below a fallback layer sees the primary's answers before the fallback layer
+    /// names them: give it the name the fallback layer gives its primary, and both stages
+    /// count the same answers under the same tier (the [`stack`](crate::stack) does this).
+    pub fn primary_tier(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.primary = name.into();
+        self
+    }
+
     /// How results are classified (default [`DefaultClassifier`]).
     pub fn classifier<C2>(self, classifier: C2) -> MetricsLayer<C2, P, O> {
         MetricsLayer {
             stage: self.stage,
+            primary: self.primary,
             classifier,
             provenance: self.provenance,
             operation: self.operation,
@@ -112,6 +127,7 @@ impl<C, P, O> MetricsLayer<C, P, O> {
     pub fn without_provenance(self) -> MetricsLayer<C, NoProvenance, O> {
         MetricsLayer {
             stage: self.stage,
+            primary: self.primary,
             classifier: self.classifier,
             provenance: NoProvenance,
             operation: self.operation,
@@ -123,6 +139,7 @@ impl<C, P, O> MetricsLayer<C, P, O> {
     pub fn operation<F>(self, label: F) -> MetricsLayer<C, P, LabelFn<F>> {
         MetricsLayer {
             stage: self.stage,
+            primary: self.primary,
             classifier: self.classifier,
             provenance: self.provenance,
             operation: LabelFn(label),
@@ -137,6 +154,7 @@ impl<S, C: Clone, P: Clone, O: Clone> Layer<S> for MetricsLayer<C, P, O> {
         Metrics::new(
             inner,
             self.stage.clone(),
+            self.primary.clone(),
             self.classifier.clone(),
             self.provenance.clone(),
             self.operation.clone(),
@@ -149,6 +167,7 @@ impl<S, C: Clone, P: Clone, O: Clone> Layer<S> for MetricsLayer<C, P, O> {
 #[repr(align(128))]
 struct Local<C, P> {
     stage: Arc<Stage>,
+    primary: Cow<'static, str>,
     classifier: C,
     provenance: P,
 }
@@ -161,11 +180,19 @@ pub struct Metrics<S, C, P, O> {
 }
 
 impl<S, C, P, O> Metrics<S, C, P, O> {
-    fn new(inner: S, stage: Arc<Stage>, classifier: C, provenance: P, operation: O) -> Self {
+    fn new(
+        inner: S,
+        stage: Arc<Stage>,
+        primary: Cow<'static, str>,
+        classifier: C,
+        provenance: P,
+        operation: O,
+    ) -> Self {
         Metrics {
             inner,
             local: Arc::new(Local {
                 stage,
+                primary,
                 classifier,
                 provenance,
             }),
@@ -180,6 +207,7 @@ impl<S: Clone, C: Clone, P: Clone, O: Clone> Clone for Metrics<S, C, P, O> {
         Metrics::new(
             self.inner.clone(),
             l.stage.clone(),
+            l.primary.clone(),
             l.classifier.clone(),
             l.provenance.clone(),
             self.operation.clone(),
@@ -266,6 +294,7 @@ where
             this.started.elapsed(),
             provenance,
             this.operation.as_deref(),
+            &local.primary,
         );
         Poll::Ready(result)
     }

@@ -1,0 +1,491 @@
+//! The recommended composition: every layer in its place, wired once.
+//!
+//! [`InferenceStack`] assembles the layers in the order that works for a GPU-backed model,
+//! whatever order they are configured in:
+//!
+//! ```text
+//! request ─▶ metrics("edge") ─▶ fallback ─▶ degrade ─▶ retry ─▶ breaker ─▶ metrics("backend") ─▶ timeout ─▶ model
+//! ```
+//!
+//! - **One sink.** Every layer reports its [`Event`](crate::Event)s to the same sinks: the
+//!   [`ErrorMetrics`] given to [`metrics`](InferenceStack::metrics) and any given to
+//!   [`event_sink`](InferenceStack::event_sink). A sink set on a layer's own builder is
+//!   replaced, so no layer can be left out of the metrics by mistake.
+//! - **One name.** The primary tier is named once ([`InferenceStack::new`]); the fallback layer
+//!   labels its answers with it, both metrics stages count them under it, and the breaker
+//!   takes it as its name unless its builder named it.
+//! - **Any subset.** A layer is in the stack when it is configured, and left out otherwise
+//!   (at no cost: a left-out layer is tower's `Identity`). Each layer is configured through its
+//!   own builder, with every option it has alone.
+//!
+//! Why this order: the edge stage sees what callers saw and the backend stage what the model
+//! did, attempt by attempt; fallback sits above degrade and retry so a tier is tried only once
+//! the primary's retries are spent; degrade scales the request once, before every attempt;
+//! retry sits above the breaker, so an open breaker's fast failure is not retried
+//! (`circuit_open` is not retryable) and each attempt is counted by the breaker; the timeout
+//! bounds each attempt, not the whole call.
+//!
+//! The timeout is tower's own [`TimeoutLayer`](tower::timeout::TimeoutLayer); with it, the
+//! stack's error type is [`tower::BoxError`]. Without it, the stack keeps the model's error
+//! type (e.g. [`InferenceError`](crate::InferenceError)).
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "mock")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_inference::breaker::BreakerLayer;
+//! use tower_inference::fallback::{FallbackLayer, MemoryStore};
+//! use tower_inference::metrics::ErrorMetrics;
+//! use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
+//! use tower_inference::retry::RetryLayer;
+//! use tower_inference::stack::InferenceStack;
+//! use tower_inference::Quality;
+//!
+//! let primary = MockGpu::builder().name("llama-70b").build();
+//! let light = MockGpu::builder().name("llama-8b").build();
+//! let gpu = primary.handle();
+//! let metrics = ErrorMetrics::new();
+//!
+//! let stack = InferenceStack::new("llama-70b")
+//!     .metrics(&metrics)
+//!     .fallback(
+//!         FallbackLayer::builder()
+//!             .tier("llama-8b", Quality::Reduced, light)
+//!             .cache(MemoryStore::new(1_000), |r: &InferenceRequest| r.prompt.clone(), Duration::from_secs(300)),
+//!     )
+//!     .retry(RetryLayer::builder().max_attempts(3))
+//!     .breaker(BreakerLayer::builder().count_window(20).minimum_calls(5))
+//!     .timeout(Duration::from_secs(2))
+//!     .build();
+//! let svc = ServiceBuilder::new().layer(stack).service(primary);
+//!
+//! let answer = svc.clone().oneshot(InferenceRequest::new("hello").max_tokens(4)).await.unwrap();
+//! assert_eq!(answer.provenance.tier, "llama-70b");
+//!
+//! gpu.kill();
+//! let answer: Completion = svc.oneshot(InferenceRequest::new("hello").max_tokens(4)).await.unwrap();
+//! assert_eq!(answer.provenance.tier, "llama-8b");
+//! assert_eq!(answer.provenance.attempts, 4); // three on the primary, one on the lighter model
+//! assert_eq!(answer.provenance.failed_tiers[0].tier, "llama-70b");
+//! assert!(metrics.render_prometheus().contains(r#"stage="backend",tier="llama-70b""#));
+//! # }
+//! # #[cfg(not(feature = "mock"))]
+//! # fn main() {}
+//! ```
+//!
+//! The same stack with plain `ServiceBuilder` is below; it is what [`InferenceStack::build`]
+//! makes, with the sink and names repeated by hand:
+//!
+//! ```
+//! # #[cfg(feature = "mock")]
+//! # fn main() {
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_inference::breaker::BreakerLayer;
+//! use tower_inference::degrade::DegradeLayer;
+//! use tower_inference::fallback::FallbackLayer;
+//! use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+//! use tower_inference::mock::{InferenceRequest, MockGpu};
+//! use tower_inference::retry::RetryLayer;
+//! use tower_inference::Quality;
+//!
+//! let metrics = ErrorMetrics::new();
+//! let light = MockGpu::builder().name("llama-8b").build();
+//! let svc = ServiceBuilder::new()
+//!     .layer(MetricsLayer::new(&metrics, "edge").primary_tier("llama-70b"))
+//!     .layer(
+//!         FallbackLayer::builder()
+//!             .primary("llama-70b")
+//!             .tier("llama-8b", Quality::Reduced, light)
+//!             .event_sink(metrics.clone())
+//!             .build(),
+//!     )
+//!     .layer(DegradeLayer::builder().event_sink(metrics.clone()).build())
+//!     .layer(RetryLayer::builder().event_sink(metrics.clone()).build())
+//!     .layer(BreakerLayer::builder().name("llama-70b").event_sink(metrics.clone()).build())
+//!     .layer(MetricsLayer::new(&metrics, "backend").primary_tier("llama-70b"))
+//!     .timeout(Duration::from_secs(2))
+//!     .service(MockGpu::builder().name("llama-70b").build());
+//! # let _ = svc;
+//! # }
+//! # #[cfg(not(feature = "mock"))]
+//! # fn main() {}
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::layer::util::{Identity, Stack};
+use tower::timeout::TimeoutLayer;
+use tower_layer::Layer;
+
+use crate::breaker::{BreakerBuilder, BreakerLayer};
+use crate::degrade::{DegradeBuilder, DegradeLayer};
+use crate::event::{Event, EventSink};
+use crate::fallback::{FallbackBuilder, FallbackLayer};
+use crate::metrics::{ErrorMetrics, MetricsLayer};
+use crate::retry::{RetryBuilder, RetryLayer};
+
+/// The stage label of the outermost metrics layer: what callers saw.
+pub const EDGE_STAGE: &str = "edge";
+/// The stage label of the innermost metrics layer: what the model did, attempt by attempt.
+pub const BACKEND_STAGE: &str = "backend";
+
+/// Configures the recommended stack; [`build`](InferenceStack::build) makes its layer.
+///
+/// Type parameters track which layers are in (each is tower's `Identity` when left out):
+/// `M` metrics, `F` fallback, `D` degrade, `R` retry, `B` breaker, `T` timeout. See the
+/// [module docs](crate::stack).
+pub struct InferenceStack<
+    M = Identity,
+    F = Identity,
+    D = Identity,
+    R = Identity,
+    B = Identity,
+    T = Identity,
+> {
+    primary: Cow<'static, str>,
+    sinks: Vec<Arc<dyn EventSink>>,
+    metrics: M,
+    fallback: F,
+    degrade: D,
+    retry: R,
+    breaker: B,
+    timeout: T,
+}
+
+impl InferenceStack {
+    /// An empty stack whose primary tier (the wrapped model) is named `primary`.
+    pub fn new(primary: impl Into<Cow<'static, str>>) -> Self {
+        InferenceStack {
+            primary: primary.into(),
+            sinks: Vec::new(),
+            metrics: Identity::new(),
+            fallback: Identity::new(),
+            degrade: Identity::new(),
+            retry: Identity::new(),
+            breaker: Identity::new(),
+            timeout: Identity::new(),
+        }
+    }
+}
+
+impl<M, F, D, R, B, T> fmt::Debug for InferenceStack<M, F, D, R, B, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InferenceStack")
+            .field("primary", &self.primary)
+            .field("sinks", &self.sinks.len())
+            .field("metrics", &std::any::type_name::<M>())
+            .field("fallback", &std::any::type_name::<F>())
+            .field("degrade", &std::any::type_name::<D>())
+            .field("retry", &std::any::type_name::<R>())
+            .field("breaker", &std::any::type_name::<B>())
+            .field("timeout", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+/// Rebuilds the stack with one part changed (the others listed, as they are).
+macro_rules! with {
+    ($self:ident, $field:ident = $value:expr; $($keep:ident),*) => {
+        InferenceStack {
+            primary: $self.primary,
+            sinks: $self.sinks,
+            $field: $value,
+            $($keep: $self.$keep,)*
+        }
+    };
+}
+
+impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T> {
+    /// Records every call into `metrics` at two stages, [`EDGE_STAGE`] (outermost) and
+    /// [`BACKEND_STAGE`] (innermost, one record per attempt), and makes `metrics` a sink of
+    /// every layer's events.
+    pub fn metrics(mut self, metrics: &ErrorMetrics) -> InferenceStack<Metrics, F, D, R, B, T> {
+        self.sinks.push(Arc::new(metrics.clone()));
+        let parts = Metrics {
+            edge: MetricsLayer::new(metrics, EDGE_STAGE),
+            backend: MetricsLayer::new(metrics, BACKEND_STAGE),
+        };
+        with!(self, metrics = parts; fallback, degrade, retry, breaker, timeout)
+    }
+
+    /// Adds a sink that every layer reports its events to (besides `tracing`, and besides the
+    /// metrics collector if one is set). May be called more than once.
+    pub fn event_sink(mut self, sink: impl EventSink) -> Self {
+        self.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// Falls back through the builder's tiers when the primary fails; the builder's primary
+    /// name and sink are set by the stack.
+    pub fn fallback<Req, Res, E, C>(
+        self,
+        fallback: FallbackBuilder<Req, Res, E, C>,
+    ) -> InferenceStack<M, FallbackBuilder<Req, Res, E, C>, D, R, B, T> {
+        with!(self, fallback = fallback; metrics, degrade, retry, breaker, timeout)
+    }
+
+    /// Scales requests down as load rises; the builder's sink is set by the stack.
+    pub fn degrade(self, degrade: DegradeBuilder) -> InferenceStack<M, F, DegradeBuilder, R, B, T> {
+        with!(self, degrade = degrade; metrics, fallback, retry, breaker, timeout)
+    }
+
+    /// Retries what is worth retrying; the builder's sink is set by the stack.
+    pub fn retry<C, O>(
+        self,
+        retry: RetryBuilder<C, O>,
+    ) -> InferenceStack<M, F, D, RetryBuilder<C, O>, B, T> {
+        with!(self, retry = retry; metrics, fallback, degrade, breaker, timeout)
+    }
+
+    /// Breaks the circuit to the primary; the builder's sink is set by the stack, and its
+    /// name too unless the builder gave one.
+    pub fn breaker<C>(
+        self,
+        breaker: BreakerBuilder<C>,
+    ) -> InferenceStack<M, F, D, R, BreakerBuilder<C>, T> {
+        with!(self, breaker = breaker; metrics, fallback, degrade, retry, timeout)
+    }
+
+    /// Bounds each attempt on the primary with tower's timeout (the stack's error type becomes
+    /// [`tower::BoxError`]).
+    pub fn timeout(self, timeout: Duration) -> InferenceStack<M, F, D, R, B, TimeoutLayer> {
+        with!(self, timeout = TimeoutLayer::new(timeout); metrics, fallback, degrade, retry, breaker)
+    }
+}
+
+impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T>
+where
+    M: Part,
+    F: Part,
+    D: Part,
+    R: Part,
+    B: Part,
+    T: Part,
+{
+    /// Wires the sinks and names into every layer and builds the stack's layer.
+    pub fn build(self) -> InferenceStackLayer<M, F, D, R, B, T> {
+        let wiring = Wiring {
+            primary: self.primary,
+            sink: match self.sinks.len() {
+                0 => None,
+                1 => self.sinks.into_iter().next(),
+                _ => Some(Arc::new(Fanout(self.sinks))),
+            },
+        };
+        let (edge, backend) = self.metrics.wire_metrics(&wiring);
+        let layers = Stack::new(
+            self.timeout.wire(&wiring),
+            Stack::new(
+                backend,
+                Stack::new(
+                    self.breaker.wire(&wiring),
+                    Stack::new(
+                        self.retry.wire(&wiring),
+                        Stack::new(
+                            self.degrade.wire(&wiring),
+                            Stack::new(self.fallback.wire(&wiring), edge),
+                        ),
+                    ),
+                ),
+            ),
+        );
+        InferenceStackLayer {
+            primary: wiring.primary,
+            layers,
+        }
+    }
+}
+
+/// The layers of an [`InferenceStack`], innermost first (tower's `Stack` nesting).
+pub type Layers<M, F, D, R, B, T> = Stack<
+    <T as Part>::Layer,
+    Stack<
+        <M as Part>::Backend,
+        Stack<
+            <B as Part>::Layer,
+            Stack<
+                <R as Part>::Layer,
+                Stack<<D as Part>::Layer, Stack<<F as Part>::Layer, <M as Part>::Layer>>,
+            >,
+        >,
+    >,
+>;
+
+/// The layer an [`InferenceStack`] builds: cheap to clone, applied with `ServiceBuilder::layer`
+/// or [`Layer::layer`].
+pub struct InferenceStackLayer<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> {
+    primary: Cow<'static, str>,
+    layers: Layers<M, F, D, R, B, T>,
+}
+
+impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> InferenceStackLayer<M, F, D, R, B, T> {
+    /// The primary tier's name, as every layer labels it.
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+}
+
+impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> Clone
+    for InferenceStackLayer<M, F, D, R, B, T>
+where
+    Layers<M, F, D, R, B, T>: Clone,
+{
+    fn clone(&self) -> Self {
+        InferenceStackLayer {
+            primary: self.primary.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+}
+
+impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> fmt::Debug
+    for InferenceStackLayer<M, F, D, R, B, T>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InferenceStackLayer")
+            .field("primary", &self.primary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> Layer<S>
+    for InferenceStackLayer<M, F, D, R, B, T>
+where
+    Layers<M, F, D, R, B, T>: Layer<S>,
+{
+    type Service = <Layers<M, F, D, R, B, T> as Layer<S>>::Service;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.layers.layer(inner)
+    }
+}
+
+/// What the stack wires into every layer.
+#[derive(Clone)]
+pub struct Wiring {
+    primary: Cow<'static, str>,
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl Wiring {
+    /// The primary tier's name.
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+}
+
+impl fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wiring")
+            .field("primary", &self.primary)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
+/// The metrics part of a stack: the edge and backend stages of one collector.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    edge: MetricsLayer,
+    backend: MetricsLayer,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A part of an [`InferenceStack`]: a layer's builder, or tower's `Identity` for a layer left
+/// out. Implemented by this crate only.
+pub trait Part: sealed::Sealed {
+    /// The layer this part becomes.
+    type Layer;
+    /// For the metrics part, the backend stage's layer; `Identity` otherwise.
+    type Backend;
+    /// Builds the layer with the stack's sink and names.
+    fn wire(self, wiring: &Wiring) -> Self::Layer;
+    /// For the metrics part: both stages. Others: their layer and `Identity`.
+    fn wire_metrics(self, wiring: &Wiring) -> (Self::Layer, Self::Backend);
+}
+
+macro_rules! simple_part {
+    ($(impl[$($g:tt)*] $ty:ty => $layer:ty, |$this:ident, $w:ident| $body:expr;)*) => {$(
+        impl<$($g)*> sealed::Sealed for $ty {}
+        impl<$($g)*> Part for $ty {
+            type Layer = $layer;
+            type Backend = Identity;
+            fn wire(self, wiring: &Wiring) -> $layer {
+                let ($this, $w) = (self, wiring);
+                $body
+            }
+            fn wire_metrics(self, wiring: &Wiring) -> ($layer, Identity) {
+                (self.wire(wiring), Identity::new())
+            }
+        }
+    )*};
+}
+
+simple_part! {
+    impl[] Identity => Identity, |this, _w| this;
+    impl[] TimeoutLayer => TimeoutLayer, |this, _w| this;
+    impl[] DegradeBuilder => DegradeLayer, |this, w| match &w.sink {
+        Some(sink) => this.event_sink(sink.clone()).build(),
+        None => this.build(),
+    };
+    impl[C, O] RetryBuilder<C, O> => RetryLayer<C, O>, |this, w| match &w.sink {
+        Some(sink) => this.event_sink(sink.clone()).build(),
+        None => this.build(),
+    };
+    impl[C] BreakerBuilder<C> => BreakerLayer<C>, |this, w| {
+        let mut this = this;
+        if this.config.name == crate::breaker::DEFAULT_NAME {
+            this = this.name(w.primary.clone());
+        }
+        match &w.sink {
+            Some(sink) => this.event_sink(sink.clone()).build(),
+            None => this.build(),
+        }
+    };
+    impl[Req, Res, E, C] FallbackBuilder<Req, Res, E, C> => FallbackLayer<Req, Res, E, C>, |this, w| {
+        let this = this.primary(w.primary.clone());
+        match &w.sink {
+            Some(sink) => this.event_sink(sink.clone()).build(),
+            None => this.build(),
+        }
+    };
+}
+
+impl sealed::Sealed for Metrics {}
+impl Part for Metrics {
+    type Layer = MetricsLayer;
+    type Backend = MetricsLayer;
+
+    fn wire(self, wiring: &Wiring) -> MetricsLayer {
+        self.edge.primary_tier(wiring.primary.clone())
+    }
+
+    fn wire_metrics(self, wiring: &Wiring) -> (MetricsLayer, MetricsLayer) {
+        (
+            self.edge.primary_tier(wiring.primary.clone()),
+            self.backend.primary_tier(wiring.primary.clone()),
+        )
+    }
+}
+
+/// Sends each event to several sinks, in order.
+struct Fanout(Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Fanout {
+    fn on_event(&self, event: &Event<'_>) {
+        for sink in &self.0 {
+            sink.on_event(event);
+        }
+    }
+}
