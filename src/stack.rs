@@ -125,12 +125,12 @@ use tower::layer::util::{Identity, Stack};
 use tower::timeout::TimeoutLayer;
 use tower_layer::Layer;
 
-use crate::breaker::{BreakerBuilder, BreakerLayer};
-use crate::degrade::{DegradeBuilder, DegradeLayer};
+use crate::breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
+use crate::degrade::{DegradeBuilder, DegradeHandle, DegradeLayer};
 use crate::event::{Event, EventSink};
 use crate::fallback::{FallbackBuilder, FallbackLayer};
 use crate::metrics::{ErrorMetrics, MetricsLayer};
-use crate::retry::{RetryBuilder, RetryLayer};
+use crate::retry::{RetryBudget, RetryBuilder, RetryLayer};
 
 /// The stage label of the outermost metrics layer: what callers saw.
 pub const EDGE_STAGE: &str = "edge";
@@ -281,24 +281,29 @@ where
             },
         };
         let (edge, backend) = self.metrics.wire_metrics(&wiring);
+        let breaker = self.breaker.wire(&wiring);
+        let retry = self.retry.wire(&wiring);
+        let degrade = self.degrade.wire(&wiring);
+        let mut handles = Handles::default();
+        B::collect(&breaker, &mut handles);
+        R::collect(&retry, &mut handles);
+        D::collect(&degrade, &mut handles);
         let layers = Stack::new(
             self.timeout.wire(&wiring),
             Stack::new(
                 backend,
                 Stack::new(
-                    self.breaker.wire(&wiring),
+                    breaker,
                     Stack::new(
-                        self.retry.wire(&wiring),
-                        Stack::new(
-                            self.degrade.wire(&wiring),
-                            Stack::new(self.fallback.wire(&wiring), edge),
-                        ),
+                        retry,
+                        Stack::new(degrade, Stack::new(self.fallback.wire(&wiring), edge)),
                     ),
                 ),
             ),
         );
         InferenceStackLayer {
             primary: wiring.primary,
+            handles,
             layers,
         }
     }
@@ -323,6 +328,7 @@ pub type Layers<M, F, D, R, B, T> = Stack<
 /// or [`Layer::layer`].
 pub struct InferenceStackLayer<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> {
     primary: Cow<'static, str>,
+    handles: Handles,
     layers: Layers<M, F, D, R, B, T>,
 }
 
@@ -331,6 +337,31 @@ impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> InferenceStackLayer<M
     pub fn primary(&self) -> &str {
         &self.primary
     }
+
+    /// The breaker's handle (to read or force its state, e.g. for a health check), if the
+    /// stack has a breaker.
+    pub fn breaker(&self) -> Option<&BreakerHandle> {
+        self.handles.breaker.as_ref()
+    }
+
+    /// The degrade layer's handle (its level and load; force or release a level), if the
+    /// stack degrades.
+    pub fn degrade(&self) -> Option<&DegradeHandle> {
+        self.handles.degrade.as_ref()
+    }
+
+    /// The retry budget every clone shares, if the stack retries with one.
+    pub fn retry_budget(&self) -> Option<&Arc<RetryBudget>> {
+        self.handles.budget.as_ref()
+    }
+}
+
+/// The handles of a built stack's layers.
+#[derive(Debug, Clone, Default)]
+pub struct Handles {
+    breaker: Option<BreakerHandle>,
+    degrade: Option<DegradeHandle>,
+    budget: Option<Arc<RetryBudget>>,
 }
 
 impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> Clone
@@ -341,6 +372,7 @@ where
     fn clone(&self) -> Self {
         InferenceStackLayer {
             primary: self.primary.clone(),
+            handles: self.handles.clone(),
             layers: self.layers.clone(),
         }
     }
@@ -413,10 +445,12 @@ pub trait Part: sealed::Sealed {
     fn wire(self, wiring: &Wiring) -> Self::Layer;
     /// For the metrics part: both stages. Others: their layer and `Identity`.
     fn wire_metrics(self, wiring: &Wiring) -> (Self::Layer, Self::Backend);
+    /// Keeps the built layer's handle, if it has one.
+    fn collect(_layer: &Self::Layer, _handles: &mut Handles) {}
 }
 
 macro_rules! simple_part {
-    ($(impl[$($g:tt)*] $ty:ty => $layer:ty, |$this:ident, $w:ident| $body:expr;)*) => {$(
+    ($(impl[$($g:tt)*] $ty:ty => $layer:ty, |$this:ident, $w:ident| $body:expr $(, collect |$l:ident, $h:ident| $collect:expr)?;)*) => {$(
         impl<$($g)*> sealed::Sealed for $ty {}
         impl<$($g)*> Part for $ty {
             type Layer = $layer;
@@ -428,6 +462,9 @@ macro_rules! simple_part {
             fn wire_metrics(self, wiring: &Wiring) -> ($layer, Identity) {
                 (self.wire(wiring), Identity::new())
             }
+            $(fn collect($l: &$layer, $h: &mut Handles) {
+                $collect
+            })?
         }
     )*};
 }
@@ -438,11 +475,11 @@ simple_part! {
     impl[] DegradeBuilder => DegradeLayer, |this, w| match &w.sink {
         Some(sink) => this.event_sink(sink.clone()).build(),
         None => this.build(),
-    };
+    }, collect |layer, handles| handles.degrade = Some(layer.handle());
     impl[C, O] RetryBuilder<C, O> => RetryLayer<C, O>, |this, w| match &w.sink {
         Some(sink) => this.event_sink(sink.clone()).build(),
         None => this.build(),
-    };
+    }, collect |layer, handles| handles.budget = layer.budget().cloned();
     impl[C] BreakerBuilder<C> => BreakerLayer<C>, |this, w| {
         let mut this = this;
         if this.config.name == crate::breaker::DEFAULT_NAME {
@@ -452,7 +489,7 @@ simple_part! {
             Some(sink) => this.event_sink(sink.clone()).build(),
             None => this.build(),
         }
-    };
+    }, collect |layer, handles| handles.breaker = Some(layer.handle());
     impl[Req, Res, E, C] FallbackBuilder<Req, Res, E, C> => FallbackLayer<Req, Res, E, C>, |this, w| {
         let this = this.primary(w.primary.clone());
         match &w.sink {

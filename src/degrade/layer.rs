@@ -210,12 +210,27 @@ impl DegradeHandle {
                     "there is no degradation level named {level:?}"
                 ))
             })?;
-        levels.force(Some(index));
+        self.forcing(Some(index));
         Ok(())
     }
 
     /// Lets the load decide the level again.
     pub fn release(&self) {
-        self.shared.levels.force(None);
+        self.forcing(None);
+    }
+
+    /// Forces (or releases) a level, reporting the change as a `LevelChanged` event.
+    fn forcing(&self, level: Option<usize>) {
+        let levels = &self.shared.levels;
+        let from = levels.current();
+        levels.force(level);
+        let to = levels.current();
+        if from != to {
+            self.shared.emitter.emit(&Event::LevelChanged {
+                from: &levels.levels[from].name,
+                to: &levels.levels[to].name,
+                load: self.load(),
+            });
+        }
     }
 }

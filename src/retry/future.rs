@@ -111,12 +111,7 @@ where
                     };
                     let shared = &retry.local.shared;
                     match shared.decide(&mut retry.attempts, &mut retry.req, &mut result) {
-                        Decision::Done => {
-                            if result.is_err() {
-                                crate::tally::report(retry.attempts.made());
-                            }
-                            return Poll::Ready(result);
-                        }
+                        Decision::Done => return Poll::Ready(result),
                         Decision::RetryAfter(delay) if delay.is_zero() => {
                             this.state.set(State::Readying)
                         }

@@ -159,6 +159,27 @@ impl<C, D> Shared<C, D> {
             }
             Outcome::Failure { kind, retry_after } => (kind, retry_after),
         };
+        let decision = self.decide_failure(attempts, req, kind, retry_after);
+        if decision == Decision::Done {
+            // Giving up: tell an enclosing fallback layer how many backend calls were made
+            // (a call an open breaker refused made none).
+            let refused = u32::from(kind == ErrorKind::CircuitOpen);
+            crate::tally::report(attempts.made() - refused);
+        }
+        decision
+    }
+
+    /// Decides whether a failed attempt of `kind` is tried again, and when.
+    fn decide_failure<Req>(
+        &self,
+        attempts: &mut Attempts,
+        req: &mut Req,
+        kind: ErrorKind,
+        retry_after: Option<Duration>,
+    ) -> Decision
+    where
+        D: OomRetry<Req>,
+    {
         if !self.may_retry(attempts) {
             return Decision::Done;
         }

@@ -1,0 +1,251 @@
+//! Every layer, alone and in the whole stack, can be spawned the way servers spawn services.
+//!
+//! hyper, axum and tonic hand a service's calls to `tokio::spawn`, which needs the future to
+//! be `Send + 'static`. The compiler proves that with every lifetime in the future's types
+//! erased, so a layer whose type parameters stand for `tower::BoxError`
+//! (`Box<dyn Error + Send + Sync + 'static>`) can compile alone yet fail to spawn. Each case
+//! here is written out as user code is (a macro, not a generic helper whose bounds would hide
+//! the problem), spawned on a multi-thread runtime: over tower's `timeout` (so `BoxError`),
+//! over a plain `InferenceError` service, with the mock GPU and with a user-defined request.
+#![cfg(feature = "mock")]
+
+use std::borrow::Cow;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_inference::breaker::BreakerLayer;
+use tower_inference::degrade::DegradeLayer;
+use tower_inference::fallback::{FallbackLayer, MemoryStore};
+use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+use tower_inference::mock::{ChaosLayer, Completion, InferenceRequest, MockGpu};
+use tower_inference::retry::RetryLayer;
+use tower_inference::stack::InferenceStack;
+use tower_inference::{Degrade, GenerationParams, InferenceError, Quality, Scale, Served};
+
+/// A request type of the user's own, with a borrowed-or-owned field.
+#[derive(Debug, Clone)]
+struct Prompt {
+    text: Cow<'static, str>,
+    params: GenerationParams,
+}
+
+impl Degrade for Prompt {
+    fn degrade(&mut self, scale: Scale) {
+        self.params.degrade(scale);
+    }
+}
+
+fn prompt() -> Prompt {
+    Prompt {
+        text: Cow::Borrowed("hello"),
+        params: GenerationParams::new(16),
+    }
+}
+
+/// The user's model: answers with the prompt and the tokens it was allowed.
+#[derive(Debug, Clone)]
+struct UserModel;
+
+impl Service<Prompt> for UserModel {
+    type Response = Served<String>;
+    type Error = InferenceError;
+    type Future = std::future::Ready<Result<Served<String>, InferenceError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), InferenceError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, p: Prompt) -> Self::Future {
+        std::future::ready(Ok(Served::new(format!(
+            "{} ({})",
+            p.text, p.params.max_tokens
+        ))))
+    }
+}
+
+fn user_model() -> UserModel {
+    UserModel
+}
+
+fn gpu() -> MockGpu {
+    MockGpu::builder()
+        .base_latency(Duration::from_millis(1))
+        .per_token_latency(Duration::ZERO)
+        .build()
+}
+
+fn static_completion(_: &InferenceRequest) -> Completion {
+    Completion {
+        model: "static".into(),
+        text: "try again later".into(),
+        tokens: 0,
+        provenance: Default::default(),
+    }
+}
+
+/// Spawns tasks that call `$svc` with `oneshot` and with `ready` + `call`, holding the
+/// futures across awaits, and checks every call answered.
+macro_rules! spawn_calls {
+    ($svc:expr, $req:expr) => {{
+        let svc = $svc;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..3 {
+                    let answer = svc.clone().oneshot($req).await;
+                    assert!(answer.is_ok(), "oneshot failed: {:?}", answer.err());
+                    let mut own = svc.clone();
+                    let ready = own.ready().await.map_err(|_| "not ready").unwrap();
+                    let answer = ready.call($req).await;
+                    assert!(answer.is_ok(), "call failed: {:?}", answer.err());
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task panicked");
+        }
+    }};
+}
+
+/// One test per layer, over the mock GPU behind tower's timeout and over the user's model.
+macro_rules! each_layer {
+    ($($name:ident => $layer:expr, $user_layer:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_tower_timeout_with_box_error() {
+                let svc = ServiceBuilder::new()
+                    .layer($layer)
+                    .timeout(Duration::from_secs(1))
+                    .service(gpu());
+                spawn_calls!(svc, InferenceRequest::new("hi").max_tokens(4));
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_inference_error_service() {
+                let svc = ServiceBuilder::new().layer($layer).service(gpu());
+                spawn_calls!(svc, InferenceRequest::new("hi").max_tokens(4));
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn user_request_over_tower_timeout() {
+                let svc = ServiceBuilder::new()
+                    .layer($user_layer)
+                    .timeout(Duration::from_secs(1))
+                    .service(user_model());
+                spawn_calls!(svc, prompt());
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn user_request_over_inference_error_service() {
+                let svc = ServiceBuilder::new().layer($user_layer).service(user_model());
+                spawn_calls!(svc, prompt());
+            }
+        }
+    )*};
+}
+
+each_layer! {
+    breaker => BreakerLayer::new(), BreakerLayer::new();
+    keyed_breaker =>
+        BreakerLayer::keyed(|r: &InferenceRequest| r.prompt.len()),
+        BreakerLayer::keyed(|p: &Prompt| p.text.len());
+    retry => RetryLayer::new(), RetryLayer::new();
+    degrade => DegradeLayer::builder().in_flight_capacity(8).build(),
+        DegradeLayer::builder().in_flight_capacity(8).build();
+    metrics => MetricsLayer::new(&ErrorMetrics::new(), "edge"),
+        MetricsLayer::new(&ErrorMetrics::new(), "edge");
+    chaos => ChaosLayer::builder().build(), ChaosLayer::builder().build();
+    fallback_static => FallbackLayer::builder().static_default(static_completion).build(),
+        FallbackLayer::builder().static_default(|p: &Prompt| Served::new(p.text.to_string())).build();
+    fallback_tiers => FallbackLayer::builder()
+            .tier("light", Quality::Reduced, gpu())
+            .cache(MemoryStore::new(16), |r: &InferenceRequest| r.prompt.clone(), Duration::from_secs(60))
+            .static_default(static_completion)
+            .build(),
+        FallbackLayer::builder()
+            .tier("light", Quality::Reduced, user_model())
+            .cache(MemoryStore::new(16), |p: &Prompt| p.text.to_string(), Duration::from_secs(60))
+            .build();
+}
+
+/// Every layer by hand, in the recommended order, with `ServiceBuilder`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_stack_by_hand_over_tower_timeout() {
+    let metrics = ErrorMetrics::new();
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "edge"))
+        .layer(
+            FallbackLayer::builder()
+                .tier("light", Quality::Reduced, gpu())
+                .cache(
+                    MemoryStore::new(16),
+                    |r: &InferenceRequest| r.prompt.clone(),
+                    Duration::from_secs(60),
+                )
+                .static_default(static_completion)
+                .event_sink(metrics.clone())
+                .build(),
+        )
+        .layer(DegradeLayer::builder().in_flight_capacity(8).build())
+        .layer(RetryLayer::new())
+        .layer(BreakerLayer::new())
+        .layer(MetricsLayer::new(&metrics, "backend"))
+        .timeout(Duration::from_secs(1))
+        .service(gpu());
+    spawn_calls!(svc, InferenceRequest::new("hi").max_tokens(4));
+    assert_eq!(metrics.snapshot().stages[0].calls, 24);
+}
+
+/// Checks a service's error type at compile time.
+fn error_type<S: Service<R, Error = E>, R, E>(_: &S) {}
+
+/// The whole stack from the builder, over every kind of backend.
+macro_rules! whole_stack {
+    ($($name:ident: $model:expr, $req:expr, $tier:expr, $key:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            macro_rules! stack {
+                () => {
+                    InferenceStack::new("big")
+                        .metrics(&ErrorMetrics::new())
+                        .fallback(
+                            FallbackLayer::builder()
+                                .tier("light", Quality::Reduced, $tier)
+                                .cache(MemoryStore::new(16), $key, Duration::from_secs(60)),
+                        )
+                        .degrade(DegradeLayer::builder().in_flight_capacity(8))
+                        .retry(RetryLayer::builder())
+                        .breaker(BreakerLayer::builder())
+                };
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_tower_timeout_with_box_error() {
+                let svc = ServiceBuilder::new()
+                    .layer(stack!().timeout(Duration::from_secs(1)).build())
+                    .service($model);
+                error_type::<_, _, BoxError>(&svc);
+                spawn_calls!(svc, $req);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_inference_error_service() {
+                let svc = ServiceBuilder::new().layer(stack!().build()).service($model);
+                error_type::<_, _, InferenceError>(&svc);
+                spawn_calls!(svc, $req);
+            }
+        }
+    )*};
+}
+
+whole_stack! {
+    stack_gpu: gpu(), InferenceRequest::new("hi").max_tokens(4),
+        gpu(), |r: &InferenceRequest| r.prompt.clone();
+    stack_user_request: user_model(), prompt(),
+        user_model(), |p: &Prompt| p.text.to_string();
+}
