@@ -1,0 +1,172 @@
+//! Success-path cost of the whole stack and of each layer in it, on one thread and on two
+//! threads sharing one stack, side by side with `tower-resilience` 0.13's retry + circuit
+//! breaker stack, all in front of the same bare service (`GenerationParams` in,
+//! `Served<u32>` out, answered at once).
+//!
+//! Each figure is the time per call one thread sees (with two threads, both make the same
+//! number of calls at once, each on its own clone, so a stack that scales shows the same
+//! time as on one thread). Before timing, every contestant's heap allocations per call are
+//! counted with a counting global allocator (`stats_alloc`) over 10 000 calls on one thread,
+//! after a warm-up, and printed.
+//!
+//! Run with `cargo bench --bench stack --all-features`.
+
+mod common;
+
+use std::future::{Ready, ready};
+use std::time::Duration;
+
+use common::{Threads, per_call_with};
+use criterion::{Criterion, criterion_group, criterion_main};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service, ServiceExt};
+use tower_inference::breaker::BreakerLayer;
+use tower_inference::degrade::DegradeLayer;
+use tower_inference::fallback::{FallbackBuilder, FallbackLayer};
+use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+use tower_inference::retry::RetryLayer;
+use tower_inference::stack::InferenceStack;
+use tower_inference::{GenerationParams, InferenceError, Quality, Served};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+type Answer = Served<u32>;
+type Bare = tower::util::ServiceFn<fn(GenerationParams) -> Ready<Result<Answer, InferenceError>>>;
+
+fn bare() -> Bare {
+    tower::service_fn(|p: GenerationParams| ready(Ok(Served::new(p.max_tokens))))
+}
+
+fn request(i: u64) -> GenerationParams {
+    GenerationParams::new(64 + (i % 64) as u32)
+}
+
+/// Heap allocations per call on the success path, over `calls` calls after a warm-up.
+fn allocations_per_call<S>(svc: &S, calls: u64) -> f64
+where
+    S: Service<GenerationParams> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
+    let mut svc = svc.clone();
+    rt.block_on(async {
+        for i in 0..1_000 {
+            svc.ready().await.unwrap().call(request(i)).await.unwrap();
+        }
+        let region = Region::new(GLOBAL);
+        for i in 0..calls {
+            svc.ready().await.unwrap().call(request(i)).await.unwrap();
+        }
+        region.change().allocations as f64 / calls as f64
+    })
+}
+
+/// A lighter tier and a static default behind the primary.
+fn fallback<E: From<InferenceError> + 'static>() -> FallbackBuilder<GenerationParams, Answer, E> {
+    FallbackLayer::builder()
+        .tier("light", Quality::Reduced, bare())
+        .static_default(|p: &GenerationParams| Served::new(p.max_tokens / 4))
+}
+
+fn stack(c: &mut Criterion) {
+    let metrics = ErrorMetrics::new();
+
+    let breaker = BreakerLayer::new().layer(bare());
+    let retry = RetryLayer::new().layer(bare());
+    let degrade = DegradeLayer::builder()
+        .in_flight_capacity(1_000)
+        .build()
+        .layer(bare());
+    let fallback_alone = fallback().build().layer(bare());
+    let metrics_alone = MetricsLayer::new(&metrics, "alone").layer(bare());
+    let whole = InferenceStack::new("primary-model")
+        .metrics(&metrics)
+        .fallback(fallback())
+        .degrade(DegradeLayer::builder().in_flight_capacity(1_000))
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .build()
+        .layer(bare());
+    let bare_timeout = tower::timeout::TimeoutLayer::new(Duration::from_secs(5)).layer(bare());
+    let whole_timeout = InferenceStack::new("primary-model")
+        .metrics(&metrics)
+        .fallback(fallback())
+        .degrade(DegradeLayer::builder().in_flight_capacity(1_000))
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .layer(bare());
+    let resilience = tower::ServiceBuilder::new()
+        .layer(
+            tower_resilience::retry::RetryLayer::<
+                GenerationParams,
+                Answer,
+                tower_resilience::circuitbreaker::CircuitBreakerError<InferenceError>,
+            >::builder()
+            .max_attempts(3)
+            .exponential_backoff(Duration::from_millis(100))
+            .build(),
+        )
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .sliding_window_size(100)
+                .minimum_number_of_calls(20)
+                .failure_rate_threshold(0.5)
+                .build()
+                .expect("a valid tower-resilience configuration"),
+        )
+        .service(bare());
+
+    println!("\nheap allocations per call, success path (10 000 calls, one thread):");
+    let count = |name: &str, allocations: f64| println!("  {name:<28} {allocations:.2}");
+    count("bare", allocations_per_call(&bare(), 10_000));
+    count("breaker", allocations_per_call(&breaker, 10_000));
+    count("retry", allocations_per_call(&retry, 10_000));
+    count("degrade", allocations_per_call(&degrade, 10_000));
+    count("fallback", allocations_per_call(&fallback_alone, 10_000));
+    count("metrics", allocations_per_call(&metrics_alone, 10_000));
+    count("whole stack", allocations_per_call(&whole, 10_000));
+    count(
+        "bare + tower timeout",
+        allocations_per_call(&bare_timeout, 10_000),
+    );
+    count(
+        "whole stack + tower timeout",
+        allocations_per_call(&whole_timeout, 10_000),
+    );
+    count(
+        "tower-resilience retry+cb",
+        allocations_per_call(&resilience, 10_000),
+    );
+    println!();
+
+    for threads in [Threads::One, Threads::Two] {
+        let mut group = c.benchmark_group(format!("stack_success/{}", threads.label()));
+        macro_rules! contestant {
+            ($name:literal, $svc:expr) => {
+                group.bench_function($name, |b| {
+                    b.iter_custom(|n| per_call_with(&$svc, threads, n, request))
+                });
+            };
+        }
+        contestant!("bare", bare());
+        contestant!("breaker", breaker);
+        contestant!("retry", retry);
+        contestant!("degrade", degrade);
+        contestant!("fallback", fallback_alone);
+        contestant!("metrics", metrics_alone);
+        contestant!("whole_stack", whole);
+        contestant!("bare_tower_timeout", bare_timeout);
+        contestant!("whole_stack_tower_timeout", whole_timeout);
+        contestant!("tower_resilience_0_13_retry_cb", resilience);
+        group.finish();
+    }
+}
+
+criterion_group!(benches, stack);
+criterion_main!(benches);
