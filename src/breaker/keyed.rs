@@ -12,11 +12,12 @@ use tower_service::Service;
 use super::config::{BreakerBuilder, BreakerConfig};
 use super::future::ResponseFuture;
 use super::layer::BreakerHandle;
-use super::service::Local;
+use super::service::{Local, Shares};
 use super::state::Shared;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::InferenceError;
 use crate::event::Emitter;
+use crate::stripe::Homed;
 
 /// The breakers of a keyed layer, created on first use, at most `max_keys` of them.
 struct Registry<K> {
@@ -173,10 +174,10 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedBreakerLayer<K, F, C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         KeyedBreaker {
-            overflow: Arc::new(Local {
+            overflow: Arc::new(Homed::new(Shares {
                 shared: self.registry.overflow.clone(),
                 classifier: self.classifier.clone(),
-            }),
+            })),
             inner,
             registry: self.registry.clone(),
             key_fn: self.key_fn.clone(),
@@ -205,10 +206,10 @@ impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedBreaker<S, K, F, C> {
             key_fn: self.key_fn.clone(),
             classifier: self.classifier.clone(),
             locals: HashMap::new(),
-            overflow: Arc::new(Local {
+            overflow: Arc::new(Homed::new(Shares {
                 shared: self.overflow.shared.clone(),
                 classifier: self.classifier.clone(),
-            }),
+            })),
         }
     }
 }
@@ -232,10 +233,10 @@ where
         }
         match self.registry.get(&key) {
             (shared, true) => {
-                let local = Arc::new(Local {
+                let local = Arc::new(Homed::new(Shares {
                     shared,
                     classifier: self.classifier.clone(),
-                });
+                }));
                 self.locals.insert(key, local.clone());
                 local
             }

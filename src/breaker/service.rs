@@ -1,6 +1,8 @@
 //! [`Breaker`], the service.
 
 use std::sync::Arc;
+
+use crate::stripe::{Homed, PerThread};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -11,24 +13,23 @@ use crate::classify::Classify;
 use crate::error::InferenceError;
 
 /// What a breaker's response futures need when a call completes.
-///
-/// Aligned to its own cache lines: each service clone has one, and two clones' reference
-/// counts sharing a line would make their threads contend after all.
-#[derive(Debug)]
-#[repr(align(128))]
-pub(crate) struct Local<C> {
+#[derive(Debug, Clone)]
+pub(crate) struct Shares<C> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) classifier: C,
 }
 
+/// [`Shares`] on its own cache lines, as response futures hold it.
+pub(crate) type Local<C> = Homed<Shares<C>>;
+
 /// A service wrapped in a circuit breaker; made by [`BreakerLayer`](super::BreakerLayer).
 ///
-/// Each clone keeps its own small `Arc` that its response futures hold, so calls on
-/// different clones never touch a shared reference count.
+/// Clones are cheap (no allocation) and calls on different threads never touch a shared
+/// reference count (see `PerThread`).
 #[derive(Debug)]
 pub struct Breaker<S, C> {
     inner: S,
-    local: Arc<Local<C>>,
+    local: PerThread<Shares<C>>,
     admission: Option<Admission>,
 }
 
@@ -36,7 +37,7 @@ impl<S, C> Breaker<S, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Breaker {
             inner,
-            local: Arc::new(Local { shared, classifier }),
+            local: PerThread::new(Shares { shared, classifier }),
             admission: None,
         }
     }
@@ -66,11 +67,11 @@ impl<S, C> Breaker<S, C> {
 
 impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
     fn clone(&self) -> Self {
-        Breaker::new(
-            self.inner.clone(),
-            self.local.shared.clone(),
-            self.local.classifier.clone(),
-        )
+        Breaker {
+            inner: self.inner.clone(),
+            local: self.local.clone(),
+            admission: None,
+        }
     }
 }
 
@@ -78,7 +79,7 @@ impl<S, C, Req> Service<Req> for Breaker<S, C>
 where
     S: Service<Req>,
     S::Error: From<InferenceError>,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -101,6 +102,6 @@ where
             .take()
             .unwrap_or_else(|| self.local.shared.admit());
         let inner = &mut self.inner;
-        ResponseFuture::start(admission, &self.local, || inner.call(req))
+        ResponseFuture::start(admission, self.local.here(), || inner.call(req))
     }
 }

@@ -10,28 +10,30 @@ use super::future::{InFlight, ResponseFuture};
 use super::layer::Shared;
 use crate::params;
 use crate::provenance::Annotate;
+use crate::stripe::{Homed, PerThread};
 
-/// What a degrade layer's response futures share; one per service clone, on cache lines of
-/// its own, so futures of clones on different threads never contend on a reference count.
-#[derive(Debug)]
-#[repr(align(128))]
-pub(crate) struct Local {
+/// What a degrade layer's response futures share.
+#[derive(Debug, Clone)]
+pub(crate) struct Shares {
     pub(crate) shared: Arc<Shared>,
 }
+
+/// [`Shares`] on its own cache lines, as response futures hold it.
+pub(crate) type Local = Homed<Shares>;
 
 /// A service whose requests are scaled down as load rises; made by
 /// [`DegradeLayer`](super::DegradeLayer).
 #[derive(Debug)]
 pub struct Degrade<S> {
     inner: S,
-    local: Arc<Local>,
+    local: PerThread<Shares>,
 }
 
 impl<S> Degrade<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Degrade {
             inner,
-            local: Arc::new(Local { shared }),
+            local: PerThread::new(Shares { shared }),
         }
     }
 
@@ -43,7 +45,10 @@ impl<S> Degrade<S> {
 
 impl<S: Clone> Clone for Degrade<S> {
     fn clone(&self) -> Self {
-        Degrade::new(self.inner.clone(), self.local.shared.clone())
+        Degrade {
+            inner: self.inner.clone(),
+            local: self.local.clone(),
+        }
     }
 }
 
@@ -64,9 +69,10 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let shared = &self.local.shared;
+        let local = self.local.here().clone();
+        let shared = &local.shared;
         let (stripe, in_flight) = shared.signals.enter();
-        let guard = InFlight::new(self.local.clone(), stripe);
+        let guard = InFlight::new(local.clone(), stripe);
         let level = shared.level(in_flight);
         let level_spec = &shared.levels.levels[level];
         if level > 0 {

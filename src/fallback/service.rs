@@ -10,13 +10,23 @@ use super::layer::Shared;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::InferenceError;
 use crate::provenance::Annotate;
+use crate::stripe::{Homed, PerThread};
 
-/// What a fallback layer's response futures share; one per service clone, on cache lines of
-/// its own, so futures of clones on different threads never contend on a reference count.
-#[repr(align(128))]
-pub(crate) struct Local<Req, Res, E, C> {
+/// What a fallback layer's response futures share.
+pub(crate) struct Shares<Req, Res, E, C> {
     pub(crate) shared: Arc<Shared<Req, Res, E, C>>,
 }
+
+impl<Req, Res, E, C> Clone for Shares<Req, Res, E, C> {
+    fn clone(&self) -> Self {
+        Shares {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// [`Shares`] on its own cache lines, as response futures hold it.
+pub(crate) type Local<Req, Res, E, C> = Homed<Shares<Req, Res, E, C>>;
 
 /// A service whose failures are answered by the next tier; made by
 /// [`FallbackLayer`](super::FallbackLayer).
@@ -34,7 +44,7 @@ where
     S: Service<Req>,
 {
     inner: S,
-    local: Arc<Local<Req, S::Response, S::Error, C>>,
+    local: PerThread<Shares<Req, S::Response, S::Error, C>>,
     /// An error the wrapped service reported from `poll_ready`: the next call falls back.
     not_ready: Option<S::Error>,
 }
@@ -43,7 +53,7 @@ impl<S: Service<Req>, Req, C> Fallback<S, Req, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<Req, S::Response, S::Error, C>>) -> Self {
         Fallback {
             inner,
-            local: Arc::new(Local { shared }),
+            local: PerThread::new(Shares { shared }),
             not_ready: None,
         }
     }
@@ -56,7 +66,11 @@ impl<S: Service<Req>, Req, C> Fallback<S, Req, C> {
 
 impl<S: Service<Req> + Clone, Req, C> Clone for Fallback<S, Req, C> {
     fn clone(&self) -> Self {
-        Fallback::new(self.inner.clone(), self.local.shared.clone())
+        Fallback {
+            inner: self.inner.clone(),
+            local: self.local.clone(),
+            not_ready: None,
+        }
     }
 }
 
@@ -95,9 +109,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = &self.local.shared;
+        let local = self.local.here().clone();
+        let shared = &local.shared;
         if let Some(err) = self.not_ready.take() {
-            return ResponseFuture::after_primary(self.local.clone(), req, Err(err));
+            return ResponseFuture::after_primary(local, req, Err(err));
         }
         let fallback_req = (!shared.tiers.is_empty()).then(|| req.clone());
         let cache_key = match &shared.cache {
@@ -105,6 +120,6 @@ where
             _ => None,
         };
         let fut = self.inner.call(req);
-        ResponseFuture::primary(fut, self.local.clone(), fallback_req, cache_key)
+        ResponseFuture::primary(fut, local, fallback_req, cache_key)
     }
 }

@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::collector::{ErrorMetrics, Stage};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::provenance::{Annotate, PRIMARY_TIER, Provenance};
+use crate::stripe::{Homed, PerThread};
 
 /// Reads an answer's provenance for the metrics layer.
 pub trait ReadProvenance<Res> {
@@ -162,20 +163,22 @@ impl<S, C: Clone, P: Clone, O: Clone> Layer<S> for MetricsLayer<C, P, O> {
     }
 }
 
-/// What a metrics layer's response futures share; one per service clone, on cache lines of
-/// its own, so futures of clones on different threads never contend on a reference count.
-#[repr(align(128))]
-struct Local<C, P> {
+/// What a metrics layer's response futures share.
+#[derive(Clone)]
+struct Shares<C, P> {
     stage: Arc<Stage>,
     primary: Cow<'static, str>,
     classifier: C,
     provenance: P,
 }
 
+/// [`Shares`] on its own cache lines, as response futures hold it.
+type Local<C, P> = Homed<Shares<C, P>>;
+
 /// The service a [`MetricsLayer`] makes.
 pub struct Metrics<S, C, P, O> {
     inner: S,
-    local: Arc<Local<C, P>>,
+    local: PerThread<Shares<C, P>>,
     operation: O,
 }
 
@@ -190,7 +193,7 @@ impl<S, C, P, O> Metrics<S, C, P, O> {
     ) -> Self {
         Metrics {
             inner,
-            local: Arc::new(Local {
+            local: PerThread::new(Shares {
                 stage,
                 primary,
                 classifier,
@@ -201,17 +204,13 @@ impl<S, C, P, O> Metrics<S, C, P, O> {
     }
 }
 
-impl<S: Clone, C: Clone, P: Clone, O: Clone> Clone for Metrics<S, C, P, O> {
+impl<S: Clone, C, P, O: Clone> Clone for Metrics<S, C, P, O> {
     fn clone(&self) -> Self {
-        let l = &self.local;
-        Metrics::new(
-            self.inner.clone(),
-            l.stage.clone(),
-            l.primary.clone(),
-            l.classifier.clone(),
-            l.provenance.clone(),
-            self.operation.clone(),
-        )
+        Metrics {
+            inner: self.inner.clone(),
+            local: self.local.clone(),
+            operation: self.operation.clone(),
+        }
     }
 }
 
@@ -245,7 +244,7 @@ where
         let operation = self.operation.label(&req);
         ResponseFuture {
             fut: self.inner.call(req),
-            local: self.local.clone(),
+            local: self.local.here().clone(),
             operation,
             started: Instant::now(),
         }

@@ -9,27 +9,37 @@ use super::future::ResponseFuture;
 use super::policy::{OomRetry, Shared};
 use crate::classify::Classify;
 use crate::provenance::Annotate;
+use crate::stripe::{Homed, PerThread};
 
-/// What a retry layer's response futures share; one per service clone, on cache lines of its
-/// own, so futures of clones on different threads never contend on a reference count.
+/// What a retry layer's response futures share.
 #[derive(Debug)]
-#[repr(align(128))]
-pub(crate) struct Local<C, D> {
+pub(crate) struct Shares<C, D> {
     pub(crate) shared: Arc<Shared<C, D>>,
 }
+
+impl<C, D> Clone for Shares<C, D> {
+    fn clone(&self) -> Self {
+        Shares {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// [`Shares`] on its own cache lines, as response futures hold it.
+pub(crate) type Local<C, D> = Homed<Shares<C, D>>;
 
 /// A service whose failed calls are retried; made by [`RetryLayer`](super::RetryLayer).
 #[derive(Debug)]
 pub struct Retry<S, C, D> {
     inner: S,
-    local: Arc<Local<C, D>>,
+    local: PerThread<Shares<C, D>>,
 }
 
 impl<S, C, D> Retry<S, C, D> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, D>>) -> Self {
         Retry {
             inner,
-            local: Arc::new(Local { shared }),
+            local: PerThread::new(Shares { shared }),
         }
     }
 
@@ -51,7 +61,10 @@ impl<S, C, D> Retry<S, C, D> {
 
 impl<S: Clone, C, D> Clone for Retry<S, C, D> {
     fn clone(&self) -> Self {
-        Retry::new(self.inner.clone(), self.local.shared.clone())
+        Retry {
+            inner: self.inner.clone(),
+            local: self.local.clone(),
+        }
     }
 }
 
@@ -85,6 +98,6 @@ where
         let mut svc = std::mem::replace(&mut self.inner, fresh);
         let retry_req = req.clone();
         let fut = svc.call(req);
-        ResponseFuture::new(fut, svc, retry_req, self.local.clone(), attempts)
+        ResponseFuture::new(fut, svc, retry_req, self.local.here().clone(), attempts)
     }
 }
