@@ -59,10 +59,10 @@ impl<T> std::ops::Deref for Homed<T> {
 /// Each response future holds an `Arc` of it, so its reference count is written twice a call.
 /// Shared by every clone of a service, that count would be one cache line that all threads
 /// calling the service contend on; one per clone, every clone would allocate (and a retry
-/// layer clones the services under it on every call). So clones share it, and a service
-/// called on another thread than the one the `Arc` was made on makes a new one there first:
-/// calls never allocate on the thread a service lives on, and never share a count with calls
-/// on another thread.
+/// layer clones the services under it on every call). So clones made on the `Arc`'s home
+/// thread share it, and a clone made, or a service called, on another thread makes a new one
+/// there first: calls never allocate on the thread a service lives on, and never share a
+/// count with calls on another thread.
 #[derive(Debug)]
 pub(crate) struct PerThread<T>(Arc<Homed<T>>);
 
@@ -88,9 +88,15 @@ impl<T> PerThread<T> {
     }
 }
 
-impl<T> Clone for PerThread<T> {
+impl<T: Clone> Clone for PerThread<T> {
+    /// Shares the `Arc` when cloned on its home thread, else makes one homed here (a clone is
+    /// usually called where it is made: a retry layer clones its inner service per call).
     fn clone(&self) -> Self {
-        PerThread(self.0.clone())
+        if self.0.home == stripe() {
+            PerThread(self.0.clone())
+        } else {
+            PerThread::new(self.0.value.clone())
+        }
     }
 }
 

@@ -204,7 +204,7 @@ impl<S, C, P, O> Metrics<S, C, P, O> {
     }
 }
 
-impl<S: Clone, C, P, O: Clone> Clone for Metrics<S, C, P, O> {
+impl<S: Clone, C: Clone, P: Clone, O: Clone> Clone for Metrics<S, C, P, O> {
     fn clone(&self) -> Self {
         Metrics {
             inner: self.inner.clone(),
