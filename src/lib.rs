@@ -41,6 +41,10 @@
 //!   patterns, latency percentiles and the tier distribution, as Prometheus text.
 //! - [`health`]: live, ready and deep-canary health checks, over HTTP with feature `http`.
 //!
+//! [`stack::InferenceStack`] composes them in the order above, with one event sink and one
+//! primary tier name for every layer; composing them by hand with `ServiceBuilder` works as
+//! well (the [`stack`] docs show both).
+//!
 //! Layers that must create an error ask for `E: From<InferenceError>`, which both
 //! [`InferenceError`] and [`tower::BoxError`] satisfy, so they compose with tower's own
 //! `timeout`, `load_shed` and `limit` layers. All timing goes through `tokio::time`, so tests

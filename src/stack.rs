@@ -7,7 +7,7 @@
 //! request ─▶ metrics("edge") ─▶ fallback ─▶ degrade ─▶ retry ─▶ breaker ─▶ metrics("backend") ─▶ timeout ─▶ model
 //! ```
 //!
-//! - **One sink.** Every layer reports its [`Event`](crate::Event)s to the same sinks: the
+//! - **One sink.** Every layer reports its [`Event`]s to the same sinks: the
 //!   [`ErrorMetrics`] given to [`metrics`](InferenceStack::metrics) and any given to
 //!   [`event_sink`](InferenceStack::event_sink). A sink set on a layer's own builder is
 //!   replaced, so no layer can be left out of the metrics by mistake.
@@ -25,7 +25,7 @@
 //! (`circuit_open` is not retryable) and each attempt is counted by the breaker; the timeout
 //! bounds each attempt, not the whole call.
 //!
-//! The timeout is tower's own [`TimeoutLayer`](tower::timeout::TimeoutLayer); with it, the
+//! The timeout is tower's own [`TimeoutLayer`]; with it, the
 //! stack's error type is [`tower::BoxError`]. Without it, the stack keeps the model's error
 //! type (e.g. [`InferenceError`](crate::InferenceError)).
 //!
