@@ -52,11 +52,7 @@ where
 {
     let mut svc = svc.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a tokio runtime");
-        rt.block_on(async {
+        common::runtime().block_on(async {
             for i in 0..1_000 {
                 svc.ready().await.unwrap().call(request(i)).await.unwrap();
             }

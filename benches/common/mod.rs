@@ -16,6 +16,14 @@ pub fn bare() -> Bare {
     service_fn(|n: u64| ready(Ok(n)))
 }
 
+/// A current-thread runtime with a timer, as each benchmark thread runs.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// How many threads call one shared service at once.
 #[derive(Debug, Clone, Copy)]
 pub enum Threads {
@@ -70,11 +78,7 @@ where
             let mut svc = svc.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .expect("a tokio runtime");
-                rt.block_on(async {
+                runtime().block_on(async {
                     barrier.wait();
                     for i in 0..iters {
                         let ready = svc.ready().await.expect("ready");
