@@ -444,9 +444,10 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Whole seconds, rounded up, so a client never retries early.
+/// Whole seconds, rounded up, so a client never retries early (saturating: a duration past
+/// `u64::MAX` seconds says `u64::MAX`, never "retry now").
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// A short human duration: `250ms`, `3s`, `1.5s`.

@@ -161,14 +161,14 @@ impl Event<'_> {
                 tracing::warn!(target: T, event, breaker, %from, %to, "circuit breaker {from} -> {to}");
             }
             Event::CallRejected { breaker, retry_in } => {
-                tracing::debug!(target: T, event, breaker, retry_in_ms = retry_in.as_millis() as u64, "call rejected by open breaker");
+                tracing::debug!(target: T, event, breaker, retry_in_ms = millis(retry_in), "call rejected by open breaker");
             }
             Event::RetryScheduled {
                 attempt,
                 kind,
                 delay,
             } => {
-                tracing::debug!(target: T, event, attempt, %kind, delay_ms = delay.as_millis() as u64, "retry scheduled");
+                tracing::debug!(target: T, event, attempt, %kind, delay_ms = millis(delay), "retry scheduled");
             }
             Event::BudgetExhausted { kind } => {
                 tracing::warn!(target: T, event, %kind, "retry budget exhausted");
@@ -195,6 +195,11 @@ impl Event<'_> {
             }
         }
     }
+}
+
+/// Whole milliseconds, saturating at `u64::MAX`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Receives the [`Event`]s layers report.

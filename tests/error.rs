@@ -234,3 +234,24 @@ fn errors_convert_into_box_error() {
         Some(ErrorKind::Timeout)
     );
 }
+
+#[test]
+fn a_huge_retry_after_saturates_instead_of_saying_retry_now() {
+    for err in [
+        InferenceError::Overloaded {
+            queue_depth: 3,
+            retry_after: Some(Duration::MAX),
+        },
+        InferenceError::ModelNotReady {
+            retry_after: Some(Duration::MAX),
+        },
+        InferenceError::CircuitOpen {
+            retry_in: Duration::MAX,
+        },
+    ] {
+        let body = err.to_body();
+        assert_eq!(body.retry_after_secs, Some(u64::MAX), "{err:?}");
+        // The message and details render without overflowing either.
+        assert!(!body.message.is_empty());
+    }
+}
