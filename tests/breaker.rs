@@ -547,3 +547,13 @@ impl Service<()> for NeverReady {
         std::future::ready(Ok(()))
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_count_window_smaller_than_the_minimum_still_opens() {
+    // The default minimum (20 calls) is more than this window can hold: the window's size is
+    // the minimum then, as in resilience4j.
+    let rig = Rig::new(BreakerLayer::builder().count_window(10));
+    rig.run(&[Call::Fail; 10]).await;
+    assert_eq!(rig.state(), CircuitState::Open);
+    assert_eq!(rig.inner_calls(), 10);
+}

@@ -82,7 +82,8 @@ impl Model {
         let calls = self.window.len() as u64;
         let failures = self.window.iter().filter(|s| s.0).count() as u64;
         let slow = self.window.iter().filter(|s| s.1).count() as u64;
-        calls >= self.cfg.minimum as u64
+        // A minimum above the count window's size is the size.
+        calls >= self.cfg.minimum.min(self.cfg.window) as u64
             && ((failures > 0 && failures * 10_000 >= self.cfg.failure_bp * calls)
                 || (slow > 0 && slow * 10_000 >= self.cfg.slow_bp * calls))
     }

@@ -143,7 +143,8 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
-    /// Calls the window must hold before the breaker judges it (default 20; at least 1).
+    /// Calls the window must hold before the breaker judges it (default 20; at least 1; with a
+    /// count window, at most the window's size, which is the minimum when this is larger).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.config.minimum_calls = calls.clamp(1, MAX_WINDOW_CALLS);
         self

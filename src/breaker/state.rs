@@ -119,7 +119,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: BreakerConfig, emitter: Emitter) -> Self {
+    pub(crate) fn new(mut config: BreakerConfig, emitter: Emitter) -> Self {
+        // A count window can never hold more calls than its size: a larger minimum would keep
+        // the breaker closed forever, so the size is the minimum then (as in resilience4j).
+        if let Window::Count { size } = config.window {
+            config.minimum_calls = config.minimum_calls.min(size);
+        }
         let origin = Instant::now();
         let window = match config.window {
             Window::Count { size } => SlidingWindow::count(size),
