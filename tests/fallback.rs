@@ -468,3 +468,38 @@ async fn no_request_is_lost_under_random_faults() {
         assert!(counts[tier] > 1_000, "{counts:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_tiers_own_limit_moves_on_instead_of_blaming_the_caller() {
+    // The primary is down; the lighter model's context is too small for this prompt, but the
+    // primary's is not: the caller did nothing wrong, so the static tier answers.
+    let small_context = service_fn(|_: String| async {
+        Err::<tower_inference::Served<String>, _>(InferenceError::ContextLengthExceeded {
+            input: 3_000,
+            max: 2_048,
+        })
+    });
+    let fallback = FallbackLayer::builder()
+        .tier("small", Quality::Reduced, small_context)
+        .static_default(|_: &String| tower_inference::Served::new("try again later".to_string()))
+        .build();
+    let primary_down = service_fn(|_: String| async {
+        Err::<tower_inference::Served<String>, _>(InferenceError::infrastructure())
+    });
+    let svc = ServiceBuilder::new().layer(fallback).service(primary_down);
+    let answer = svc.oneshot("a long prompt".to_string()).await.unwrap();
+    assert_eq!(answer.provenance.tier, "static");
+    let failed: Vec<_> = answer
+        .provenance
+        .failed_tiers
+        .iter()
+        .map(|f| (f.tier.as_ref(), f.kind))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("primary", ErrorKind::Infrastructure),
+            ("small", ErrorKind::ContextLengthExceeded)
+        ]
+    );
+}

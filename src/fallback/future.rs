@@ -272,6 +272,7 @@ where
         mut caller,
         mut calls,
     } = walked;
+    let caller_refused = caller.is_some();
     for (index, tier) in shared.tiers.iter().enumerate() {
         if let Some(kind) = caller {
             if !tier.accepts.contains(&kind) {
@@ -292,7 +293,11 @@ where
                         Err(err) => return Err(err),
                     },
                     Outcome::Failure { kind, .. } => {
-                        if kind.is_caller_fault() {
+                        // Only the primary speaks for the caller: a fallback tier's own limit
+                        // (a smaller context, say) moves on down the chain like any failure.
+                        // When the primary refused the request as the caller's fault, a tier
+                        // that accepted it and refused it too confirms that.
+                        if kind.is_caller_fault() && caller_refused {
                             if !accepted_later(shared, index + 1, kind) {
                                 return result;
                             }

@@ -15,9 +15,11 @@
 //! tier 5: a static default                 .static_default(|req| ...)
 //! ```
 //!
-//! - **Caller faults** (invalid input, context too long) are returned as they are, unless a
-//!   later tier [`accepts`](Tier::accepts) that kind, as LLM gateways send an over-long
-//!   prompt to a larger-context model.
+//! - **Caller faults** (invalid input, context too long) from the wrapped service are returned
+//!   as they are, unless a later tier [`accepts`](Tier::accepts) that kind, as LLM gateways
+//!   send an over-long prompt to a larger-context model. Only the wrapped service speaks for
+//!   the caller: when a *fallback* tier refuses a request the primary would take (a lighter
+//!   model's smaller context), the chain moves on as for any failure.
 //! - **Cache**: after a success from a cacheable tier (by default the first two), the answer
 //!   is stored under `key(&request)`; the cache tier serves it when the tiers before it have
 //!   failed. The store is a [`CacheStore`]: [`MemoryStore`] (bounded, on `quick_cache`) or, with
