@@ -552,3 +552,36 @@ mod with_mock_gpu {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_while_waiting_to_retry_refunds_the_budget() {
+    let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 1, 0.0).unwrap());
+    assert_eq!(budget.balance(), 10);
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .backoff(
+                    Backoff::new(Duration::from_secs(1), 1.0, Duration::from_secs(1))
+                        .without_jitter(),
+                )
+                .budget(budget.clone())
+                .build(),
+        )
+        .service(tower::service_fn(|_: u32| async {
+            Err::<Served<u32>, _>(InferenceError::infrastructure())
+        }));
+    for _ in 0..5 {
+        // The first attempt fails at once; the retry waits 1 s; the caller gives up after 0.5 s.
+        let call = tokio::time::timeout(Duration::from_millis(500), svc.clone().oneshot(7));
+        assert!(
+            call.await.is_err(),
+            "the caller gave up while the retry waited"
+        );
+    }
+    assert_eq!(budget.balance(), 10, "every withdrawal was given back");
+
+    // A retry that did run keeps its withdrawal.
+    let _ = svc.clone().oneshot(7).await;
+    assert_eq!(budget.balance(), 8);
+}

@@ -175,6 +175,12 @@ impl RetryBudget {
     /// Takes no lock: the withdrawal is a compare-and-swap on the current bucket that fails,
     /// and re-checks the balance, if another retry got in first.
     pub fn withdraw(&self) -> bool {
+        self.withdraw_in_period().is_some()
+    }
+
+    /// Takes one retry's worth from the budget, as [`withdraw`](Self::withdraw); returns the
+    /// period it was counted in, for a [`refund`](Self::refund).
+    pub(crate) fn withdraw_in_period(&self) -> Option<u32> {
         let period = self.period();
         let index = PeriodRing::<BUCKETS>::index(period);
         let available = self
@@ -192,10 +198,24 @@ impl RetryBudget {
             };
             let withdrawn = (earlier + now).saturating_mul(WITHDRAWAL);
             if available < withdrawn.saturating_add(WITHDRAWAL) {
-                return false;
+                return None;
             }
             match cell.compare_exchange_weak(current, pack(period, now + 1), AcqRel, Acquire) {
-                Ok(_) => return true,
+                Ok(_) => return Some(period),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a withdrawal made in `period` whose retry never started (its request was
+    /// cancelled while waiting); nothing when that period has left the window.
+    pub(crate) fn refund(&self, period: u32) {
+        let cell = self.withdrawals.cell(period);
+        let mut current = cell.load(Acquire);
+        while period_of(current) == period && count_of(current) > 0 {
+            let less = pack(period, count_of(current) - 1);
+            match cell.compare_exchange_weak(current, less, AcqRel, Acquire) {
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }

@@ -34,6 +34,17 @@ struct RetryState<S, Req, C, D> {
     attempts: Attempts,
 }
 
+impl<S, Req, C, D> Drop for RetryState<S, Req, C, D> {
+    /// A request cancelled while waiting to retry gives its withdrawal back to the budget.
+    fn drop(&mut self) {
+        if let Some(period) = self.attempts.take_withdrawal()
+            && let Some(budget) = &self.local.shared.budget
+        {
+            budget.refund(period);
+        }
+    }
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<F> {
@@ -133,6 +144,7 @@ where
                         crate::tally::report(retry.attempts.made() - 1);
                         return Poll::Ready(Err(e));
                     }
+                    retry.attempts.take_withdrawal();
                     let fut = retry.svc.call(retry.req.clone());
                     this.state.set(State::Calling { fut });
                 }

@@ -14,6 +14,8 @@
 //! - **Budget**: every first attempt deposits into a [`RetryBudget`] shared by all clones and
 //!   every retry withdraws from it; when it is empty, retries stop with the last error and a
 //!   `BudgetExhausted` event. An outage therefore adds at most the budget's share of load.
+//!   A request cancelled while it waits to retry gives its withdrawal back: only retries
+//!   that start are paid for.
 //! - **Provenance**: an answer that took more than one attempt says how many (and whether an
 //!   out-of-memory retry shrank its request); events `RetryScheduled` and `BudgetExhausted`.
 //!

@@ -101,9 +101,16 @@ pub(crate) struct Attempts {
     started: Option<Instant>,
     /// Whether an out-of-memory retry shrank the request.
     shrunk: bool,
+    /// The budget period of the withdrawal for a retry not started yet.
+    withdrawn: Option<u32>,
 }
 
 impl Attempts {
+    /// The withdrawal for the retry about to start, which can no longer be refunded.
+    pub(crate) fn take_withdrawal(&mut self) -> Option<u32> {
+        self.withdrawn.take()
+    }
+
     /// Calls made so far, the running one included.
     pub(crate) const fn made(&self) -> u32 {
         self.retries.saturating_add(1)
@@ -130,6 +137,7 @@ impl<C, D> Shared<C, D> {
             retries: 0,
             started: self.deadline.map(|_| Instant::now()),
             shrunk: false,
+            withdrawn: None,
         }
     }
 
@@ -203,11 +211,14 @@ impl<C, D> Shared<C, D> {
         {
             return Decision::Done;
         }
-        if let Some(budget) = &self.budget
-            && !budget.withdraw()
-        {
-            self.emitter.emit(&Event::BudgetExhausted { kind });
-            return Decision::Done;
+        if let Some(budget) = &self.budget {
+            match budget.withdraw_in_period() {
+                Some(period) => attempts.withdrawn = Some(period),
+                None => {
+                    self.emitter.emit(&Event::BudgetExhausted { kind });
+                    return Decision::Done;
+                }
+            }
         }
         if out_of_memory {
             self.oom.shrink(req);
