@@ -414,3 +414,20 @@ async fn in_flight_counts_balance_across_threads() {
     );
     assert_eq!(handle.level(), "full");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_first_call_after_a_quiet_spell_is_served_at_the_level_the_load_warrants() {
+    let dial = Dial::default();
+    let (svc, handle, changes) = echo(dialed(&dial));
+    dial.set(0.95);
+    send(&svc, GenerationParams::new(100)).await;
+    assert_eq!(handle.level(), "minimal");
+
+    // An hour with no calls; the load is gone.
+    dial.set(0.0);
+    tokio::time::advance(3_600 * SEC).await;
+    let answer = send(&svc, GenerationParams::new(100)).await;
+    assert_eq!(answer.value.max_tokens, 100, "served at full level");
+    assert_eq!(handle.level(), "full");
+    assert_eq!(*changes.lock().unwrap(), ["full->minimal", "minimal->full"]);
+}

@@ -61,6 +61,9 @@ pub(crate) struct Levels {
     /// Nanoseconds (plus one; zero is "not below") since the load went below the current
     /// level's threshold minus the margin.
     below_since: AtomicU64,
+    /// Nanoseconds (plus one; zero is "never") when a call last found the load within the
+    /// current (degraded) level's band, or raised the level.
+    busy_at: AtomicU64,
 }
 
 /// A level change to report.
@@ -88,6 +91,7 @@ impl Levels {
             current: AtomicUsize::new(0),
             forced: AtomicUsize::new(NOT_FORCED),
             below_since: AtomicU64::new(0),
+            busy_at: AtomicU64::new(0),
         }
     }
 
@@ -111,28 +115,38 @@ impl Levels {
     }
 
     /// Moves to the level `load` calls for: up at once, down only after the load has stayed
-    /// below the current level's threshold minus the margin for the dwell time. `now` reads
-    /// the clock, and is called only when stepping down is in question.
-    pub(crate) fn update(&self, load: f64, now: impl FnOnce() -> u64) -> (usize, Option<Change>) {
+    /// below the current level's threshold minus the margin for the dwell time. A quiet spell
+    /// counts as that time: when no call found the level busy for a dwell, the first call that
+    /// finds the load low steps down at once. `now` reads the clock; it is called when the
+    /// level rises, when stepping down is in question, and on every call while degraded (never
+    /// at the lowest level with the load in its band, the healthy path).
+    pub(crate) fn update(&self, load: f64, now: impl Fn() -> u64) -> (usize, Option<Change>) {
         let current = self.current.load(Relaxed);
         let up = self.level_for(load, 0.0);
         let next = if up > current {
             self.below_since.store(0, Relaxed);
+            self.busy_at.store(now().saturating_add(1), Relaxed);
             up
         } else if up == current || load >= self.levels[current].threshold - self.margin {
             // Within the current level's band, or inside the margin below it.
             if self.below_since.load(Relaxed) != 0 {
                 self.below_since.store(0, Relaxed);
             }
+            if current > 0 {
+                // Degraded: a clock reading per call is cheap next to what is being shed.
+                self.busy_at.store(now().saturating_add(1), Relaxed);
+            }
             current
         } else {
             let now = now().saturating_add(1);
             let since = self.below_since.load(Relaxed);
-            if since == 0 {
+            let idle = now.saturating_sub(self.busy_at.load(Relaxed)) >= self.dwell_nanos;
+            if since == 0 && !idle {
                 let _ = self.below_since.compare_exchange(0, now, Relaxed, Relaxed);
                 current
-            } else if now.saturating_sub(since) >= self.dwell_nanos {
+            } else if idle || now.saturating_sub(since) >= self.dwell_nanos {
                 self.below_since.store(now, Relaxed);
+                self.busy_at.store(now, Relaxed);
                 self.level_for(load, self.margin).min(current)
             } else {
                 current

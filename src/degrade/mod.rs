@@ -13,7 +13,10 @@
 //! speed 1.5) and `minimal` from 0.9 (quality 0.4, speed 3.0). **Hysteresis**: the layer steps
 //! up as soon as a threshold is crossed, and steps down only when the load has stayed below
 //! the threshold minus a margin (default 0.1) for a dwell time (default 10 s), so a load that
-//! oscillates around a threshold changes the level at most once per dwell time.
+//! oscillates around a threshold changes the level at most once per dwell time. A quiet spell
+//! counts as time below: after a dwell with no call, the first call is served at the level the
+//! load now warrants, not at the level the last spike left. (A latency signal's moving average
+//! learns only from calls, so it still needs a few calls to come down after the spell.)
 //!
 //! At a level other than the lowest, each request is scaled with [`Degrade`](crate::Degrade)
 //! (for [`GenerationParams`](crate::GenerationParams): fewer tokens and steps, smaller batches,
