@@ -557,3 +557,49 @@ async fn a_count_window_smaller_than_the_minimum_still_opens() {
     assert_eq!(rig.state(), CircuitState::Open);
     assert_eq!(rig.inner_calls(), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_probe_holds_half_open_only_for_the_maximum_wait() {
+    let rig = Rig::new(
+        BreakerLayer::builder()
+            .count_window(4)
+            .minimum_calls(2)
+            .open_duration(5 * SEC)
+            .half_open_probes(1)
+            .half_open_max_wait(30 * SEC),
+    );
+    rig.run(&[Call::Fail, Call::Fail]).await;
+    assert_eq!(rig.state(), CircuitState::Open);
+    tokio::time::advance(5 * SEC).await;
+
+    // The one probe hangs.
+    let hung = tokio::spawn(rig.svc.clone().oneshot(Call::Slow(3_600 * SEC)));
+    tokio::task::yield_now().await;
+    assert_eq!(rig.state(), CircuitState::HalfOpen);
+    assert!(rig.call(Call::Ok).await.is_err(), "its slot is taken");
+
+    tokio::time::advance(30 * SEC).await;
+    let err = rig.call(Call::Ok).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+    assert_eq!(
+        rig.state(),
+        CircuitState::Open,
+        "the wait is over: open again"
+    );
+
+    // After the open duration, a fresh probe finds the backend healthy.
+    tokio::time::advance(5 * SEC).await;
+    assert!(rig.call(Call::Ok).await.is_ok());
+    assert_eq!(rig.state(), CircuitState::Closed);
+    hung.abort();
+    assert_eq!(
+        rig.transitions(),
+        [
+            "breaker: closed -> open",
+            "breaker: open -> half_open",
+            "breaker: half_open -> open",
+            "breaker: open -> half_open",
+            "breaker: half_open -> closed",
+        ]
+    );
+}

@@ -44,6 +44,7 @@ pub(crate) struct BreakerConfig {
     pub(crate) open_growth: f64,
     pub(crate) max_open_duration: Duration,
     pub(crate) half_open_probes: u32,
+    pub(crate) half_open_max_wait: Duration,
 }
 
 /// A breaker's name when its builder gives none.
@@ -62,6 +63,7 @@ impl Default for BreakerConfig {
             open_growth: 1.0,
             max_open_duration: Duration::from_secs(30),
             half_open_probes: 3,
+            half_open_max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -184,6 +186,21 @@ impl<C> BreakerBuilder<C> {
             1.0
         };
         self.config.max_open_duration = max;
+        self
+    }
+
+    /// The longest the breaker stays half-open waiting for its probes (default 60 s; zero is
+    /// taken as the default). A probe that hangs holds its slot; once this long has passed
+    /// since the breaker went half-open, the next call it must refuse re-opens it instead,
+    /// and after the open duration it probes afresh (resilience4j's
+    /// `maxWaitDurationInHalfOpenState`, bounded by default here). Give it more than the
+    /// slowest answer a probe may take.
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.config.half_open_max_wait = if wait.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            wait
+        };
         self
     }
 

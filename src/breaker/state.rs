@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     word: AtomicU64,
     /// When an open breaker lets probes through, in nanoseconds since `origin`.
     open_until: AtomicU64,
+    /// Nanoseconds since `origin` after which a half-open breaker whose probes are all still
+    /// out re-opens rather than refusing.
+    half_open_until: AtomicU64,
     origin: Instant,
     window: SlidingWindow,
     transitions: Mutex<Transitions>,
@@ -135,6 +138,7 @@ impl Shared {
             emitter,
             word: AtomicU64::new(Word::new(CircuitState::Closed, 0).0),
             open_until: AtomicU64::new(0),
+            half_open_until: AtomicU64::new(u64::MAX),
             origin,
             window,
             transitions: Mutex::new(Transitions { reopens: 0 }),
@@ -195,6 +199,12 @@ impl Shared {
         }
     }
 
+    /// Time until an open breaker lets a probe through.
+    fn open_retry_in(&self) -> Duration {
+        let until = self.open_until.load(Relaxed);
+        Duration::from_nanos(until.saturating_sub(self.nanos_since_origin()))
+    }
+
     fn admit_probe(self: &Arc<Self>, mut word: Word) -> Admission {
         let limit = u64::from(self.config.half_open_probes);
         loop {
@@ -202,6 +212,14 @@ impl Shared {
                 return self.admit_after_race(word);
             }
             if word.in_flight() + word.successes() >= limit {
+                // Every probe slot is taken. Probes that outlast the maximum wait (hung, or
+                // cancelled without a word) must not hold the breaker half-open for ever.
+                if self.nanos_since_origin() >= self.half_open_until.load(Relaxed) {
+                    self.transition(word, CircuitState::Open);
+                    return Admission::Reject {
+                        retry_in: self.open_retry_in(),
+                    };
+                }
                 return Admission::Reject {
                     retry_in: HALF_OPEN_RETRY,
                 };
@@ -313,7 +331,13 @@ impl Shared {
                 transitions.reopens = 0;
                 self.window.reset();
             }
-            CircuitState::HalfOpen | CircuitState::ForcedOpen | CircuitState::Disabled => {}
+            CircuitState::HalfOpen => {
+                let wait = self.config.half_open_max_wait;
+                let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                self.half_open_until
+                    .store(self.nanos_since_origin().saturating_add(wait), Relaxed);
+            }
+            CircuitState::ForcedOpen | CircuitState::Disabled => {}
         }
     }
 
