@@ -603,3 +603,25 @@ async fn a_hung_probe_holds_half_open_only_for_the_maximum_wait() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_while_closed_fails_fast_once_the_breaker_opened() {
+    let rig = Rig::new(BreakerLayer::builder().count_window(4).minimum_calls(2));
+    // Made ready while closed, and held ready (as tower's ReadyCache and Balance do).
+    let mut held = rig.svc.clone();
+    held.ready().await.unwrap();
+    rig.run(&[Call::Fail, Call::Fail]).await;
+    assert_eq!(rig.state(), CircuitState::Open);
+    let before = rig.inner_calls();
+    let err = held.call(Call::Ok).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+    assert_eq!(rig.inner_calls(), before, "the backend was not called");
+
+    // The same after the application forces the breaker open.
+    let rig = Rig::new(BreakerLayer::builder());
+    let mut held = rig.svc.clone();
+    held.ready().await.unwrap();
+    rig.handle.force_open();
+    assert!(held.call(Call::Ok).await.is_err());
+    assert_eq!(rig.inner_calls(), 0);
+}

@@ -97,10 +97,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let admission = self
-            .admission
-            .take()
-            .unwrap_or_else(|| self.local.shared.admit());
+        let shared = &self.local.shared;
+        let admission = match self.admission.take() {
+            Some(admission) if shared.still_admits(&admission) => admission,
+            _ => shared.admit(),
+        };
         let inner = &mut self.inner;
         ResponseFuture::start(admission, self.local.here(), || inner.call(req))
     }

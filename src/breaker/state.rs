@@ -154,6 +154,19 @@ impl Shared {
         Word(self.word.load(Acquire))
     }
 
+    /// Whether an admission decided in `poll_ready` still holds at `call`: the breaker has
+    /// not changed state since (one atomic load; no write). A service made ready while closed
+    /// and called after the breaker opened is decided again, so it fails fast.
+    #[inline]
+    pub(crate) fn still_admits(&self, admission: &Admission) -> bool {
+        match admission {
+            Admission::Closed { epoch } => self.load().epoch() == *epoch,
+            Admission::Pass => self.load().state() == CircuitState::Disabled,
+            Admission::Probe(permit) => self.load().epoch() == permit.epoch,
+            Admission::Reject { .. } => true,
+        }
+    }
+
     fn nanos_since_origin(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
