@@ -585,3 +585,29 @@ async fn cancelling_while_waiting_to_retry_refunds_the_budget() {
     let _ = svc.clone().oneshot(7).await;
     assert_eq!(budget.balance(), 8);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_the_attempt_in_flight() {
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .deadline(SEC_1)
+                .build(),
+        )
+        .service(tower::service_fn(|_: u32| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, InferenceError>(Served::new(1u32))
+        }));
+    let started = Instant::now();
+    let err = svc.oneshot(7).await.unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        SEC_1,
+        "ended at the deadline, not after 10 s"
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(matches!(err, InferenceError::Timeout { after } if after == SEC_1));
+}
+
+const SEC_1: Duration = Duration::from_secs(1);

@@ -12,7 +12,13 @@ use tower_service::Service;
 use super::policy::{Attempts, Decision, OomRetry};
 use super::service::Local;
 use crate::classify::Classify;
+use crate::error::InferenceError;
 use crate::provenance::Annotate;
+
+/// An instant far enough ahead to never come (tokio's own choice: about 30 years).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
+}
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
@@ -32,6 +38,8 @@ struct RetryState<S, Req, C, D> {
     req: Req,
     local: Arc<Local<C, D>>,
     attempts: Attempts,
+    /// With a deadline: the timer that ends the call, attempt in flight included.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S, Req, C, D> Drop for RetryState<S, Req, C, D> {
@@ -67,6 +75,12 @@ impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
         local: Arc<Local<C, D>>,
         attempts: Attempts,
     ) -> Self {
+        let deadline = match (local.shared.deadline, attempts.started()) {
+            (Some(limit), Some(started)) => Some(Box::pin(tokio::time::sleep_until(
+                started.checked_add(limit).unwrap_or_else(far_future),
+            ))),
+            _ => None,
+        };
         ResponseFuture {
             state: State::Calling { fut },
             retry: Some(RetryState {
@@ -74,6 +88,7 @@ impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
                 req,
                 local,
                 attempts,
+                deadline,
             }),
         }
     }
@@ -105,13 +120,45 @@ where
     S: Service<Req>,
     S::Response: Annotate,
     Req: Clone,
+    S::Error: From<InferenceError>,
     C: Classify<S::Response, S::Error>,
     D: OomRetry<Req>,
 {
     type Output = Result<S::Response, S::Error>;
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(out) = self.as_mut().poll_attempts(cx) {
+            return Poll::Ready(out);
+        }
+        let this = self.project();
+        if let Some(retry) = this.retry.as_mut()
+            && let Some(deadline) = retry.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // The deadline bounds the whole call: the attempt in flight is dropped.
+            crate::tally::report(retry.attempts.made());
+            let after = retry.local.shared.deadline.unwrap_or_default();
+            return Poll::Ready(Err(InferenceError::Timeout { after }.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S, Req, C, D> ResponseFuture<S, Req, C, D>
+where
+    S: Service<Req>,
+    S::Response: Annotate,
+    Req: Clone,
+    C: Classify<S::Response, S::Error>,
+    D: OomRetry<Req>,
+{
+    /// Drives the attempts, their delays and readiness.
+    #[inline]
+    fn poll_attempts(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, S::Error>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {

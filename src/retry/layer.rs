@@ -97,8 +97,11 @@ impl<C, D> RetryBuilder<C, D> {
         self
     }
 
-    /// An overall deadline from the first attempt: no retry starts if its delay would end
-    /// past it (default: none).
+    /// A deadline for the whole call, from its first attempt, the attempt in flight included:
+    /// when it passes, the call ends with [`InferenceError::Timeout`](crate::InferenceError)
+    /// (`after` = the deadline), and no retry starts whose delay would end past it (default:
+    /// none). It applies when retries are allowed (`max_attempts` above 1) and costs one
+    /// timer allocation per call.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

@@ -7,8 +7,10 @@
 //! open circuit (a fallback above answers that).
 //!
 //! - **Attempts and time**: at most `max_attempts` calls in all, separated by
-//!   exponential [`Backoff`] with full jitter; an optional overall deadline stops any retry
-//!   whose delay would end past it.
+//!   exponential [`Backoff`] with full jitter. An optional deadline bounds the whole call from
+//!   its first attempt, the attempt in flight included (as Envoy's route timeout includes
+//!   retries): when it passes, the call ends with `InferenceError::Timeout`, and no retry
+//!   starts whose delay would end past it.
 //! - **Retry-After**: a failure's retry-after (from `Overloaded` or an HTTP `Retry-After`)
 //!   replaces the computed delay when larger; above `max_retry_after` the call is not retried.
 //! - **Budget**: every first attempt deposits into a [`RetryBudget`] shared by all clones and

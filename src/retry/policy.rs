@@ -106,6 +106,11 @@ pub(crate) struct Attempts {
 }
 
 impl Attempts {
+    /// When the first attempt started, if a deadline needs it.
+    pub(crate) const fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
     /// The withdrawal for the retry about to start, which can no longer be refunded.
     pub(crate) fn take_withdrawal(&mut self) -> Option<u32> {
         self.withdrawn.take()
@@ -253,7 +258,8 @@ fn annotate<Res: Annotate>(res: &mut Res, attempts: &Attempts) {
 /// Retry-After, budget, out-of-memory retry, provenance). Two differences come from tower's
 /// `Retry`: it clones the policy (an `Arc`) and the inner service for every request, and it
 /// gives the policy no hook before the first attempt, so a deadline counts from the first
-/// failure rather than from the first attempt.
+/// failure rather than from the first attempt, and only keeps retries from starting (it
+/// cannot end an attempt in flight).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

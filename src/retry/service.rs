@@ -8,6 +8,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::policy::{OomRetry, Shared};
 use crate::classify::Classify;
+use crate::error::InferenceError;
 use crate::provenance::Annotate;
 use crate::stripe::{Homed, PerThread};
 
@@ -72,6 +73,7 @@ impl<S, C, D, Req> Service<Req> for Retry<S, C, D>
 where
     S: Service<Req> + Clone,
     S::Response: Annotate,
+    S::Error: From<InferenceError>,
     Req: Clone,
     C: Classify<S::Response, S::Error>,
     D: OomRetry<Req>,
