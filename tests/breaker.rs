@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::{Call, backend};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_inference::breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
+use tower_inference::breaker::{BreakerBuilder, BreakerHandle, BreakerLayer, ProbeRule};
 use tower_inference::{CircuitState, ErrorKind, Event, InferenceError};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -624,4 +624,44 @@ async fn a_service_made_ready_while_closed_fails_fast_once_the_breaker_opened() 
     rig.handle.force_open();
     assert!(held.call(Call::Ok).await.is_err());
     assert_eq!(rig.inner_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failure_rate_rule_closes_when_probes_fail_below_the_threshold() {
+    let builder = || {
+        BreakerLayer::builder()
+            .count_window(4)
+            .minimum_calls(2)
+            .failure_rate_threshold(0.5)
+            .open_duration(5 * SEC)
+            .half_open_probes(4)
+    };
+    let probes = [Call::Fail, Call::Ok, Call::Ok, Call::Ok];
+
+    // The default rule: the first failed probe re-opens.
+    let strict = Rig::new(builder());
+    strict.run(&[Call::Fail, Call::Fail]).await;
+    tokio::time::advance(5 * SEC).await;
+    strict.run(&probes).await;
+    assert_eq!(strict.state(), CircuitState::Open);
+
+    // The rate rule: one failure in four probes is 25 %, under the 50 % threshold.
+    let by_rate = Rig::new(builder().probe_rule(ProbeRule::FailureRate));
+    by_rate.run(&[Call::Fail, Call::Fail]).await;
+    tokio::time::advance(5 * SEC).await;
+    by_rate.run(&probes[..3]).await;
+    assert_eq!(
+        by_rate.state(),
+        CircuitState::HalfOpen,
+        "one probe still to come"
+    );
+    by_rate.run(&probes[3..]).await;
+    assert_eq!(by_rate.state(), CircuitState::Closed);
+
+    // Two failures reach 50 %: it re-opens at the second, without waiting for the rest.
+    let failing = Rig::new(builder().probe_rule(ProbeRule::FailureRate));
+    failing.run(&[Call::Fail, Call::Fail]).await;
+    tokio::time::advance(5 * SEC).await;
+    failing.run(&[Call::Ok, Call::Fail, Call::Fail]).await;
+    assert_eq!(failing.state(), CircuitState::Open);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use support::{Call, backend};
 use tower::{Layer, ServiceExt};
-use tower_inference::breaker::BreakerLayer;
+use tower_inference::breaker::{BreakerLayer, ProbeRule};
 use tower_inference::{CircuitState, ErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,6 +41,8 @@ struct Config {
     growth: u32,
     cap_ms: u64,
     probes: u32,
+    /// Judge probes by their failure rate (resilience4j) rather than all succeeding.
+    rate_rule: bool,
 }
 
 /// The reference: a breaker written as plainly as possible, for one call at a time.
@@ -51,6 +53,8 @@ struct Model {
     open_until_ms: u64,
     reopens: u32,
     probe_successes: u32,
+    /// Under the rate rule: probes completed, failed and slow in this half-open phase.
+    probes: (u64, u64, u64),
 }
 
 impl Model {
@@ -62,6 +66,7 @@ impl Model {
             open_until_ms: 0,
             reopens: 0,
             probe_successes: 0,
+            probes: (0, 0, 0),
         }
     }
 
@@ -93,12 +98,29 @@ impl Model {
         if self.state == CircuitState::Open && now_ms >= self.open_until_ms {
             self.state = CircuitState::HalfOpen;
             self.probe_successes = 0;
+            self.probes = (0, 0, 0);
         }
         let end = now_ms + millis;
         let slow = millis > self.cfg.slow_after_ms;
         match (self.state, kind) {
             (CircuitState::Open, _) => return false,
             (_, Kind::CallerFault) => {}
+            (CircuitState::HalfOpen, kind) if self.cfg.rate_rule => {
+                let (completed, failed, slow_count) = &mut self.probes;
+                *completed += 1;
+                *failed += u64::from(kind == Kind::Failure);
+                *slow_count += u64::from(slow);
+                let probes = u64::from(self.cfg.probes);
+                let over = |count: u64, bp: u64| count > 0 && count * 10_000 >= bp * probes;
+                if over(*failed, self.cfg.failure_bp) || over(*slow_count, self.cfg.slow_bp) {
+                    self.reopens += 1;
+                    self.open(end);
+                } else if *completed == probes {
+                    self.state = CircuitState::Closed;
+                    self.window.clear();
+                    self.reopens = 0;
+                }
+            }
             (CircuitState::HalfOpen, Kind::Failure) => {
                 self.reopens += 1;
                 self.open(end);
@@ -137,9 +159,10 @@ fn config() -> impl Strategy<Value = Config> {
         prop::sample::select(vec![3_000u64, 5_000, 10_000]),
         1u32..4,
         prop::sample::select(vec![1u32, 2, 3]),
+        any::<bool>(),
     )
         .prop_map(
-            |(window, minimum, failure_bp, slow_bp, probes, growth)| Config {
+            |(window, minimum, failure_bp, slow_bp, probes, growth, rate_rule)| Config {
                 window,
                 minimum,
                 failure_bp,
@@ -149,6 +172,7 @@ fn config() -> impl Strategy<Value = Config> {
                 growth,
                 cap_ms: 30_000,
                 probes,
+                rate_rule,
             },
         )
 }
@@ -184,6 +208,11 @@ fn run(cfg: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
             .open_duration(Duration::from_millis(cfg.open_ms))
             .open_duration_growth(f64::from(cfg.growth), Duration::from_millis(cfg.cap_ms))
             .half_open_probes(cfg.probes)
+            .probe_rule(if cfg.rate_rule {
+                ProbeRule::FailureRate
+            } else {
+                ProbeRule::AllSucceed
+            })
             .build();
         let handle = layer.handle();
         let svc = layer.layer(backend(Arc::default()));

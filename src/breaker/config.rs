@@ -45,6 +45,28 @@ pub(crate) struct BreakerConfig {
     pub(crate) max_open_duration: Duration,
     pub(crate) half_open_probes: u32,
     pub(crate) half_open_max_wait: Duration,
+    pub(crate) probe_rule: ProbeRule,
+}
+
+/// How a half-open breaker judges its probes.
+///
+/// The default, [`AllSucceed`](ProbeRule::AllSucceed), is the stricter: a model that fails
+/// even one probe right after an outage is seldom healthy yet, and each failed probe on a GPU
+/// costs a slot that real traffic needs. [`FailureRate`](ProbeRule::FailureRate) is
+/// resilience4j's rule: it suits a backend with a steady share of failures (a flaky model
+/// that is nonetheless up), which the strict rule would keep re-opening although the closed
+/// state tolerates that share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProbeRule {
+    /// The first failed (or slow) probe re-opens the breaker; `half_open_probes` successes
+    /// close it.
+    #[default]
+    AllSucceed,
+    /// The probes' failure rate (and slow-call rate) is compared with the breaker's
+    /// thresholds: it re-opens as soon as enough probes failed to reach a threshold, and
+    /// closes once all `half_open_probes` probes completed below both.
+    FailureRate,
 }
 
 /// A breaker's name when its builder gives none.
@@ -64,6 +86,7 @@ impl Default for BreakerConfig {
             max_open_duration: Duration::from_secs(30),
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(60),
+            probe_rule: ProbeRule::AllSucceed,
         }
     }
 }
@@ -204,8 +227,14 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
+    /// How the probes are judged (default [`ProbeRule::AllSucceed`]).
+    pub fn probe_rule(mut self, rule: ProbeRule) -> Self {
+        self.config.probe_rule = rule;
+        self
+    }
+
     /// Probe calls let through when half-open; that many successes close the breaker
-    /// (default 3; 1 to 32 767).
+    /// (default 3; 1 to 32 767; with [`ProbeRule::FailureRate`], at most 8 191).
     pub fn half_open_probes(mut self, probes: u32) -> Self {
         self.config.half_open_probes = probes.clamp(1, MAX_PROBES);
         self

@@ -105,8 +105,8 @@ mod service;
 mod state;
 mod window;
 
-pub use self::config::BreakerBuilder;
 pub(crate) use self::config::DEFAULT_NAME;
+pub use self::config::{BreakerBuilder, ProbeRule};
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedBreaker, KeyedBreakerLayer};
 pub use self::layer::{BreakerHandle, BreakerLayer};

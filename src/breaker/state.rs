@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{BreakerConfig, Window};
+use super::config::{BreakerConfig, ProbeRule, Window};
 use super::window::{Counts, Sample, SlidingWindow};
 use crate::event::{CircuitState, Emitter, Event};
 
@@ -32,6 +32,43 @@ const PROBE_MASK: u64 = (1 << PROBE_BITS) - 1;
 const IN_FLIGHT_SHIFT: u32 = TAG_BITS;
 const SUCCESS_SHIFT: u32 = TAG_BITS + PROBE_BITS;
 const EPOCH_SHIFT: u32 = TAG_BITS + 2 * PROBE_BITS;
+
+/// Bits per count in a probe tally (completed, failed, slow), below 25 bits of epoch.
+const TALLY_BITS: u32 = 13;
+const TALLY_MASK: u64 = (1 << TALLY_BITS) - 1;
+const TALLY_EPOCH_MASK: u64 = (1 << (64 - 3 * TALLY_BITS)) - 1;
+
+/// A half-open phase's probe counts under [`ProbeRule::FailureRate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    completed: u64,
+    failed: u64,
+    slow: u64,
+}
+
+impl Tally {
+    fn unpack(word: u64, epoch: u64) -> Tally {
+        if word >> (3 * TALLY_BITS) != epoch & TALLY_EPOCH_MASK {
+            return Tally {
+                completed: 0,
+                failed: 0,
+                slow: 0,
+            };
+        }
+        Tally {
+            completed: word & TALLY_MASK,
+            failed: (word >> TALLY_BITS) & TALLY_MASK,
+            slow: (word >> (2 * TALLY_BITS)) & TALLY_MASK,
+        }
+    }
+
+    fn pack(self, epoch: u64) -> u64 {
+        ((epoch & TALLY_EPOCH_MASK) << (3 * TALLY_BITS))
+            | (self.slow.min(TALLY_MASK) << (2 * TALLY_BITS))
+            | (self.failed.min(TALLY_MASK) << TALLY_BITS)
+            | self.completed.min(TALLY_MASK)
+    }
+}
 
 /// How long a caller turned away by a busy half-open breaker should wait.
 const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
@@ -116,6 +153,9 @@ pub(crate) struct Shared {
     /// Nanoseconds since `origin` after which a half-open breaker whose probes are all still
     /// out re-opens rather than refusing.
     half_open_until: AtomicU64,
+    /// Under [`ProbeRule::FailureRate`]: the probes of one half-open phase, packed as its
+    /// epoch and counts of completed, failed and slow probes.
+    tally: AtomicU64,
     origin: Instant,
     window: SlidingWindow,
     transitions: Mutex<Transitions>,
@@ -123,6 +163,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(mut config: BreakerConfig, emitter: Emitter) -> Self {
+        if config.probe_rule == ProbeRule::FailureRate {
+            config.half_open_probes = config.half_open_probes.min(TALLY_MASK as u32);
+        }
         // A count window can never hold more calls than its size: a larger minimum would keep
         // the breaker closed forever, so the size is the minimum then (as in resilience4j).
         if let Window::Count { size } = config.window {
@@ -139,6 +182,7 @@ impl Shared {
             word: AtomicU64::new(Word::new(CircuitState::Closed, 0).0),
             open_until: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
+            tally: AtomicU64::new(0),
             origin,
             window,
             transitions: Mutex::new(Transitions { reopens: 0 }),
@@ -414,6 +458,10 @@ impl ProbePermit {
     /// the place.
     pub(crate) fn complete(mut self, sample: Option<Sample>) {
         self.settled = true;
+        if let (ProbeRule::FailureRate, Some(sample)) = (self.shared.config.probe_rule, sample) {
+            self.complete_by_rate(sample);
+            return;
+        }
         match sample {
             None => self.release(false),
             Some(s) if s.failure || s.slow => {
@@ -423,6 +471,62 @@ impl ProbePermit {
                 }
             }
             Some(_) => self.release(true),
+        }
+    }
+
+    /// [`ProbeRule::FailureRate`]: counts the probe, frees its place (keeping it counted as
+    /// completed), and decides once the outcome is certain.
+    fn complete_by_rate(&self, sample: Sample) {
+        let shared = &self.shared;
+        let mut current = shared.tally.load(Acquire);
+        let tally = loop {
+            let mut tally = Tally::unpack(current, self.epoch);
+            tally.completed += 1;
+            tally.failed += u64::from(sample.failure);
+            tally.slow += u64::from(sample.slow);
+            match shared.tally.compare_exchange_weak(
+                current,
+                tally.pack(self.epoch),
+                AcqRel,
+                Acquire,
+            ) {
+                Ok(_) => break tally,
+                Err(actual) => current = actual,
+            }
+        };
+        let Some(word) = self.free_place(true) else {
+            return;
+        };
+        let cfg = &shared.config;
+        let probes = u64::from(cfg.half_open_probes);
+        let over = |count: u64, bp: u32| count > 0 && count * 10_000 >= u64::from(bp) * probes;
+        if over(tally.failed, cfg.failure_rate_bp)
+            || (cfg.slow_call_duration.is_some() && over(tally.slow, cfg.slow_call_rate_bp))
+        {
+            shared.transition(word, CircuitState::Open);
+        } else if tally.completed >= probes {
+            shared.transition(word, CircuitState::Closed);
+        }
+    }
+
+    /// Frees the probe's place, counting it as completed when `counted`; the word it left,
+    /// or `None` when the breaker already left this half-open phase.
+    fn free_place(&self, counted: bool) -> Option<Word> {
+        let shared = &self.shared;
+        let mut word = shared.load();
+        loop {
+            if word.state() != CircuitState::HalfOpen || word.epoch() != self.epoch {
+                return None;
+            }
+            let successes = word.successes() + u64::from(counted);
+            let next = word.with_probes(word.in_flight().saturating_sub(1), successes);
+            match shared
+                .word
+                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => return Some(next),
+                Err(current) => word = Word(current),
+            }
         }
     }
 
