@@ -503,3 +503,69 @@ async fn a_fallback_tiers_own_limit_moves_on_instead_of_blaming_the_caller() {
         ]
     );
 }
+
+/// A store that never answers, as a SIGSTOPped Redis.
+#[derive(Clone, Default)]
+struct HungStore {
+    gets: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower_inference::fallback::CacheStore<tower_inference::Served<String>> for HungStore {
+    fn get(
+        &self,
+        _key: &str,
+    ) -> tower_inference::fallback::BoxFuture<
+        Result<
+            Option<tower_inference::fallback::Cached<tower_inference::Served<String>>>,
+            tower_inference::fallback::CacheError,
+        >,
+    > {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+
+    fn put(
+        &self,
+        _key: String,
+        _value: tower_inference::Served<String>,
+        _ttl: Duration,
+    ) -> tower_inference::fallback::CacheWrite {
+        tower_inference::fallback::CacheWrite::Pending(Box::pin(std::future::pending()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_cache_store_costs_a_short_timeout_then_nothing() {
+    let store = HungStore::default();
+    let fallback = FallbackLayer::builder()
+        .cache(
+            store.clone(),
+            |q: &String| q.clone(),
+            Duration::from_secs(60),
+        )
+        .static_default(|_: &String| tower_inference::Served::new("later".to_string()))
+        .build();
+    let primary_down = service_fn(|_: String| async {
+        Err::<tower_inference::Served<String>, _>(InferenceError::infrastructure())
+    });
+    let svc = ServiceBuilder::new().layer(fallback).service(primary_down);
+    let gets = || store.gets.load(std::sync::atomic::Ordering::SeqCst);
+
+    for i in 1..=5 {
+        let started = Instant::now();
+        let answer = svc.clone().oneshot("q".to_string()).await.unwrap();
+        assert_eq!(answer.provenance.tier, "static");
+        assert_eq!(started.elapsed(), Duration::from_millis(50), "request {i}");
+        assert_eq!(gets(), i);
+    }
+    // Five failures in a row: the store is left alone for 10 s.
+    let started = Instant::now();
+    let answer = svc.clone().oneshot("q".to_string()).await.unwrap();
+    assert_eq!(answer.provenance.tier, "static");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(gets(), 5);
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _ = svc.clone().oneshot("q".to_string()).await.unwrap();
+    assert_eq!(gets(), 6, "asked again after the cooldown");
+}

@@ -220,16 +220,23 @@ fn served_primary<Req, Res: Annotate, E, C>(
 /// Stores a last-good answer; a write never delays or fails the response.
 fn store<Req, Res, E, C>(shared: &Shared<Req, Res, E, C>, key: String, res: &Res) {
     let Some(cache) = &shared.cache else { return };
+    if !cache.guard.allows() {
+        return;
+    }
     match (cache.write)(key, res) {
-        CacheWrite::Done(Ok(())) => {}
-        CacheWrite::Done(Err(err)) => cache_failed(shared, &cache.name, "write", &err),
+        CacheWrite::Done(Ok(())) => cache.guard.succeeded(),
+        CacheWrite::Done(Err(err)) => {
+            cache.guard.failed();
+            cache_failed(shared, &cache.name, "write", &err);
+        }
         CacheWrite::Pending(write) => {
             let emitter = shared.emitter.clone();
             let name = cache.name.clone();
+            let guard = cache.guard.clone();
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
-                        if let Err(err) = write.await {
+                        if let Err(err) = guard.run(write).await {
                             tracing::warn!(target: "tower_inference", error = %err, "fallback cache write failed");
                             emitter.emit(&Event::CacheFailed { tier: &name, operation: "write" });
                         }
@@ -358,15 +365,24 @@ where
     C: Send + Sync,
     E: Send,
 {
-    let read = shared
-        .cache
-        .as_ref()
-        .map(|cache| (cache, (cache.read)(&(cache.key)(req))));
+    let read = shared.cache.as_ref().map(|cache| {
+        (
+            cache,
+            cache
+                .guard
+                .allows()
+                .then(|| (cache.read)(&(cache.key)(req))),
+        )
+    });
     async move {
         let Some((cache, read)) = read else {
             return Err(ErrorKind::Exhausted);
         };
-        match read.await {
+        // A store failing of late is not asked: the tier fails at once.
+        let Some(read) = read else {
+            return Err(ErrorKind::Infrastructure);
+        };
+        match cache.guard.run(read).await {
             Ok(Some(hit)) => {
                 let mut res = hit.value;
                 res.provenance_mut().set_cache_age(hit.age);

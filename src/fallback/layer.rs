@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::cache::CacheStore;
+use super::guard::StoreGuard;
 use super::service::Fallback;
 use super::tier::{CacheConfig, Tier, TierKind, TierSpec};
 use crate::classify::DefaultClassifier;
@@ -170,6 +171,18 @@ impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
             cacheable: false,
             accepts: Vec::new(),
         });
+        self
+    }
+
+    /// Bounds what a failing cache store costs (defaults: 50 ms, 5 failures, 10 s): each read
+    /// and write of the store gets `timeout`, and after `failures` failures in a row the store
+    /// is not asked for `cooldown`, so the cache tier fails at once and the chain moves on (a
+    /// Redis outage then costs a request at most `timeout`, and nothing while skipped).
+    /// Call it after [`cache`](Self::cache).
+    pub fn cache_guard(mut self, timeout: Duration, failures: u32, cooldown: Duration) -> Self {
+        if let Some(cache) = &mut self.cache {
+            cache.guard = Arc::new(StoreGuard::new(timeout, failures, cooldown));
+        }
         self
     }
 

@@ -25,7 +25,10 @@
 //!   failed. The store is a [`CacheStore`]: [`MemoryStore`] (bounded, on `quick_cache`) or, with
 //!   the `redis` feature, `RedisStore`, so replicas share last-good answers. A write never
 //!   delays or fails a response: an in-memory write is done inline, a network write on a task
-//!   of its own, and a store error is an event and a log line.
+//!   of its own, and a store error is an event and a log line. A failing store costs little:
+//!   each read and write has its own timeout (50 ms by default), and after 5 failures in a
+//!   row the store is not asked for 10 s, the cache tier failing at once meanwhile
+//!   ([`cache_guard`](FallbackBuilder::cache_guard)).
 //! - **All failed**: [`InferenceError::Exhausted`](crate::InferenceError::Exhausted) lists
 //!   every tier tried and the kind it failed with (a cache with nothing fresh counts as
 //!   `exhausted`); its message says the service is degraded, never which internals broke.
@@ -85,6 +88,7 @@
 
 mod cache;
 mod future;
+mod guard;
 mod layer;
 #[cfg(feature = "redis")]
 mod redis;

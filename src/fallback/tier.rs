@@ -9,6 +9,7 @@ use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
 use super::cache::{BoxFuture, CacheError, CacheStore, CacheWrite, Cached};
+use super::guard::{DEFAULT_GUARD, StoreGuard};
 use crate::error::ErrorKind;
 use crate::provenance::Quality;
 
@@ -84,6 +85,7 @@ type WriteFn<Res> = Arc<dyn Fn(String, &Res) -> CacheWrite + Send + Sync>;
 /// The cache of last-good answers: how to key a request, read and write the store.
 pub(crate) struct CacheConfig<Req, Res> {
     pub(crate) name: Cow<'static, str>,
+    pub(crate) guard: Arc<StoreGuard>,
     pub(crate) key: KeyFn<Req>,
     pub(crate) read: ReadFn<Res>,
     pub(crate) write: WriteFn<Res>,
@@ -101,8 +103,10 @@ impl<Req, Res: Clone + 'static> CacheConfig<Req, Res> {
     {
         let store = Arc::new(store);
         let reader = store.clone();
+        let (timeout, failures, cooldown) = DEFAULT_GUARD;
         CacheConfig {
             name,
+            guard: Arc::new(StoreGuard::new(timeout, failures, cooldown)),
             key,
             read: Arc::new(move |key| reader.get(key)),
             write: Arc::new(move |key, res: &Res| store.put(key, res.clone(), ttl)),
