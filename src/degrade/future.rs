@@ -26,6 +26,10 @@ impl InFlight {
     pub(crate) fn new(local: Arc<Local>, stripe: usize) -> Self {
         InFlight { local, stripe }
     }
+
+    pub(crate) fn local(&self) -> &Local {
+        &self.local
+    }
 }
 
 impl Drop for InFlight {

@@ -70,9 +70,10 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let local = self.local.here().clone();
-        let shared = &local.shared;
-        let (stripe, in_flight) = shared.signals.enter();
-        let guard = InFlight::new(local.clone(), stripe);
+        let (stripe, in_flight) = local.shared.signals.enter();
+        // Leaves the in-flight count whatever happens next, a panic included.
+        let guard = InFlight::new(local, stripe);
+        let shared = &guard.local().shared;
         let level = shared.level(in_flight);
         let level_spec = &shared.levels.levels[level];
         if level > 0 {
