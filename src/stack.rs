@@ -127,7 +127,7 @@ use tower_layer::Layer;
 
 use crate::breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
 use crate::degrade::{DegradeBuilder, DegradeHandle, DegradeLayer};
-use crate::event::{Event, EventSink};
+use crate::event::{Emitter, Event, EventSink};
 use crate::fallback::{FallbackBuilder, FallbackLayer};
 use crate::metrics::{ErrorMetrics, MetricsLayer};
 use crate::retry::{RetryBudget, RetryBuilder, RetryLayer};
@@ -263,7 +263,7 @@ impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T> {
 
 impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T>
 where
-    M: Part,
+    M: MetricsPart,
     F: Part,
     D: Part,
     R: Part,
@@ -274,13 +274,13 @@ where
     pub fn build(self) -> InferenceStackLayer<M, F, D, R, B, T> {
         let wiring = Wiring {
             primary: self.primary,
-            sink: match self.sinks.len() {
+            emitter: match self.sinks.len() {
                 0 => None,
-                1 => self.sinks.into_iter().next(),
-                _ => Some(Arc::new(Fanout(self.sinks))),
+                1 => self.sinks.into_iter().next().map(Emitter::from_arc),
+                _ => Some(Emitter::new(Fanout(self.sinks))),
             },
         };
-        let (edge, backend) = self.metrics.wire_metrics(&wiring);
+        let (edge, backend) = self.metrics.wire(&wiring);
         let breaker = self.breaker.wire(&wiring);
         let retry = self.retry.wire(&wiring);
         let degrade = self.degrade.wire(&wiring);
@@ -313,12 +313,12 @@ where
 pub type Layers<M, F, D, R, B, T> = Stack<
     <T as Part>::Layer,
     Stack<
-        <M as Part>::Backend,
+        <M as MetricsPart>::Backend,
         Stack<
             <B as Part>::Layer,
             Stack<
                 <R as Part>::Layer,
-                Stack<<D as Part>::Layer, Stack<<F as Part>::Layer, <M as Part>::Layer>>,
+                Stack<<D as Part>::Layer, Stack<<F as Part>::Layer, <M as MetricsPart>::Edge>>,
             >,
         >,
     >,
@@ -326,13 +326,15 @@ pub type Layers<M, F, D, R, B, T> = Stack<
 
 /// The layer an [`InferenceStack`] builds: cheap to clone, applied with `ServiceBuilder::layer`
 /// or [`Layer::layer`].
-pub struct InferenceStackLayer<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> {
+pub struct InferenceStackLayer<M: MetricsPart, F: Part, D: Part, R: Part, B: Part, T: Part> {
     primary: Cow<'static, str>,
     handles: Handles,
     layers: Layers<M, F, D, R, B, T>,
 }
 
-impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> InferenceStackLayer<M, F, D, R, B, T> {
+impl<M: MetricsPart, F: Part, D: Part, R: Part, B: Part, T: Part>
+    InferenceStackLayer<M, F, D, R, B, T>
+{
     /// The primary tier's name, as every layer labels it.
     pub fn primary(&self) -> &str {
         &self.primary
@@ -364,7 +366,7 @@ pub struct Handles {
     budget: Option<Arc<RetryBudget>>,
 }
 
-impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> Clone
+impl<M: MetricsPart, F: Part, D: Part, R: Part, B: Part, T: Part> Clone
     for InferenceStackLayer<M, F, D, R, B, T>
 where
     Layers<M, F, D, R, B, T>: Clone,
@@ -378,7 +380,7 @@ where
     }
 }
 
-impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> fmt::Debug
+impl<M: MetricsPart, F: Part, D: Part, R: Part, B: Part, T: Part> fmt::Debug
     for InferenceStackLayer<M, F, D, R, B, T>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -388,7 +390,7 @@ impl<M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> fmt::Debug
     }
 }
 
-impl<S, M: Part, F: Part, D: Part, R: Part, B: Part, T: Part> Layer<S>
+impl<S, M: MetricsPart, F: Part, D: Part, R: Part, B: Part, T: Part> Layer<S>
     for InferenceStackLayer<M, F, D, R, B, T>
 where
     Layers<M, F, D, R, B, T>: Layer<S>,
@@ -404,7 +406,8 @@ where
 #[derive(Clone)]
 pub struct Wiring {
     primary: Cow<'static, str>,
-    sink: Option<Arc<dyn EventSink>>,
+    /// The stack's sinks; `None` leaves each builder's own.
+    emitter: Option<Emitter>,
 }
 
 impl Wiring {
@@ -412,13 +415,21 @@ impl Wiring {
     pub fn primary(&self) -> &str {
         &self.primary
     }
+
+    /// `builder` with the stack's emitter set through `set`, if the stack has sinks.
+    fn emitter_into<Bd>(&self, builder: Bd, set: fn(Bd, Emitter) -> Bd) -> Bd {
+        match &self.emitter {
+            Some(emitter) => set(builder, emitter.clone()),
+            None => builder,
+        }
+    }
 }
 
 impl fmt::Debug for Wiring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wiring")
             .field("primary", &self.primary)
-            .field("sink", &self.sink.is_some())
+            .field("sink", &self.emitter.is_some())
             .finish()
     }
 }
@@ -439,14 +450,21 @@ mod sealed {
 pub trait Part: sealed::Sealed {
     /// The layer this part becomes.
     type Layer;
-    /// For the metrics part, the backend stage's layer; `Identity` otherwise.
-    type Backend;
     /// Builds the layer with the stack's sink and names.
     fn wire(self, wiring: &Wiring) -> Self::Layer;
-    /// For the metrics part: both stages. Others: their layer and `Identity`.
-    fn wire_metrics(self, wiring: &Wiring) -> (Self::Layer, Self::Backend);
     /// Keeps the built layer's handle, if it has one.
     fn collect(_layer: &Self::Layer, _handles: &mut Handles) {}
+}
+
+/// The metrics part of an [`InferenceStack`]: [`Metrics`], or tower's `Identity` when left
+/// out. Implemented by this crate only.
+pub trait MetricsPart: sealed::Sealed {
+    /// The outermost stage's layer.
+    type Edge;
+    /// The innermost stage's layer.
+    type Backend;
+    /// Builds both stages with the stack's primary tier name.
+    fn wire(self, wiring: &Wiring) -> (Self::Edge, Self::Backend);
 }
 
 macro_rules! simple_part {
@@ -454,13 +472,9 @@ macro_rules! simple_part {
         impl<$($g)*> sealed::Sealed for $ty {}
         impl<$($g)*> Part for $ty {
             type Layer = $layer;
-            type Backend = Identity;
             fn wire(self, wiring: &Wiring) -> $layer {
                 let ($this, $w) = (self, wiring);
                 $body
-            }
-            fn wire_metrics(self, wiring: &Wiring) -> ($layer, Identity) {
-                (self.wire(wiring), Identity::new())
             }
             $(fn collect($l: &$layer, $h: &mut Handles) {
                 $collect
@@ -472,43 +486,39 @@ macro_rules! simple_part {
 simple_part! {
     impl[] Identity => Identity, |this, _w| this;
     impl[] TimeoutLayer => TimeoutLayer, |this, _w| this;
-    impl[] DegradeBuilder => DegradeLayer, |this, w| match &w.sink {
-        Some(sink) => this.event_sink(sink.clone()).build(),
-        None => this.build(),
-    }, collect |layer, handles| handles.degrade = Some(layer.handle());
-    impl[C, O] RetryBuilder<C, O> => RetryLayer<C, O>, |this, w| match &w.sink {
-        Some(sink) => this.event_sink(sink.clone()).build(),
-        None => this.build(),
-    }, collect |layer, handles| handles.budget = layer.budget().cloned();
+    impl[] DegradeBuilder => DegradeLayer, |this, w| w.emitter_into(this, DegradeBuilder::emitter).build(),
+        collect |layer, handles| handles.degrade = Some(layer.handle());
+    impl[C, O] RetryBuilder<C, O> => RetryLayer<C, O>,
+        |this, w| w.emitter_into(this, RetryBuilder::emitter).build(),
+        collect |layer, handles| handles.budget = layer.budget().cloned();
     impl[C] BreakerBuilder<C> => BreakerLayer<C>, |this, w| {
         let mut this = this;
         if this.config.name == crate::breaker::DEFAULT_NAME {
             this = this.name(w.primary.clone());
         }
-        match &w.sink {
-            Some(sink) => this.event_sink(sink.clone()).build(),
-            None => this.build(),
-        }
+        w.emitter_into(this, BreakerBuilder::emitter).build()
     }, collect |layer, handles| handles.breaker = Some(layer.handle());
     impl[Req, Res, E, C] FallbackBuilder<Req, Res, E, C> => FallbackLayer<Req, Res, E, C>, |this, w| {
         let this = this.primary(w.primary.clone());
-        match &w.sink {
-            Some(sink) => this.event_sink(sink.clone()).build(),
-            None => this.build(),
-        }
+        w.emitter_into(this, FallbackBuilder::emitter).build()
     };
 }
 
+impl MetricsPart for Identity {
+    type Edge = Identity;
+    type Backend = Identity;
+
+    fn wire(self, _wiring: &Wiring) -> (Identity, Identity) {
+        (Identity::new(), Identity::new())
+    }
+}
+
 impl sealed::Sealed for Metrics {}
-impl Part for Metrics {
-    type Layer = MetricsLayer;
+impl MetricsPart for Metrics {
+    type Edge = MetricsLayer;
     type Backend = MetricsLayer;
 
-    fn wire(self, wiring: &Wiring) -> MetricsLayer {
-        self.edge.primary_tier(wiring.primary.clone())
-    }
-
-    fn wire_metrics(self, wiring: &Wiring) -> (MetricsLayer, MetricsLayer) {
+    fn wire(self, wiring: &Wiring) -> (MetricsLayer, MetricsLayer) {
         (
             self.edge.primary_tier(wiring.primary.clone()),
             self.backend.primary_tier(wiring.primary.clone()),

@@ -246,6 +246,12 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
+    /// The stack's emitter, shared as it is (no extra indirection per event).
+    pub(crate) fn emitter(mut self, emitter: Emitter) -> Self {
+        self.emitter = emitter;
+        self
+    }
+
     /// How call results are classified (default [`DefaultClassifier`]). Only backend faults
     /// count as failures; the caller's faults are not recorded.
     pub fn classifier<C2>(self, classifier: C2) -> BreakerBuilder<C2> {

@@ -149,6 +149,12 @@ impl DegradeBuilder {
         self
     }
 
+    /// The stack's emitter, shared as it is (no extra indirection per event).
+    pub(crate) fn emitter(mut self, emitter: Emitter) -> Self {
+        self.emitter = emitter;
+        self
+    }
+
     /// Builds the layer.
     pub fn build(self) -> DegradeLayer {
         DegradeLayer {

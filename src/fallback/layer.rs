@@ -208,6 +208,12 @@ impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
         self
     }
 
+    /// The stack's emitter, shared as it is (no extra indirection per event).
+    pub(crate) fn emitter(mut self, emitter: Emitter) -> Self {
+        self.emitter = emitter;
+        self
+    }
+
     /// How results are classified (default [`DefaultClassifier`]).
     pub fn classifier<C2>(self, classifier: C2) -> FallbackBuilder<Req, Res, E, C2> {
         FallbackBuilder {

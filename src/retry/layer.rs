@@ -134,6 +134,12 @@ impl<C, D> RetryBuilder<C, D> {
         self
     }
 
+    /// The stack's emitter, shared as it is (no extra indirection per event).
+    pub(crate) fn emitter(mut self, emitter: Emitter) -> Self {
+        self.emitter = emitter;
+        self
+    }
+
     /// How results are classified (default [`DefaultClassifier`]).
     pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, D> {
         self.with(|_, oom| (classifier, oom))
