@@ -531,24 +531,11 @@ impl ProbePermit {
     }
 
     fn release(&self, succeeded: bool) {
-        let shared = &self.shared;
-        let mut word = shared.load();
-        loop {
-            if word.state() != CircuitState::HalfOpen || word.epoch() != self.epoch {
-                return;
-            }
-            let successes = word.successes() + u64::from(succeeded);
-            let next = word.with_probes(word.in_flight().saturating_sub(1), successes);
-            match shared
-                .word
-                .compare_exchange_weak(word.0, next.0, AcqRel, Acquire)
-            {
-                Ok(_) => break,
-                Err(current) => word = Word(current),
-            }
-        }
-        if succeeded && word.successes() + 1 >= u64::from(shared.config.half_open_probes) {
-            shared.transition(word, CircuitState::Closed);
+        let Some(word) = self.free_place(succeeded) else {
+            return;
+        };
+        if succeeded && word.successes() >= u64::from(self.shared.config.half_open_probes) {
+            self.shared.transition(word, CircuitState::Closed);
         }
     }
 }

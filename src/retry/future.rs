@@ -15,11 +15,6 @@ use crate::classify::Classify;
 use crate::error::InferenceError;
 use crate::provenance::Annotate;
 
-/// An instant far enough ahead to never come (tokio's own choice: about 30 years).
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
-}
-
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
     pub struct ResponseFuture<S, Req, C, D>
@@ -76,8 +71,9 @@ impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
         attempts: Attempts,
     ) -> Self {
         let deadline = match (local.shared.deadline, attempts.started()) {
-            (Some(limit), Some(started)) => Some(Box::pin(tokio::time::sleep_until(
-                started.checked_add(limit).unwrap_or_else(far_future),
+            // `sleep` copes with a deadline too far to reach.
+            (Some(limit), Some(started)) => Some(Box::pin(tokio::time::sleep(
+                limit.saturating_sub(started.elapsed()),
             ))),
             _ => None,
         };
