@@ -665,3 +665,86 @@ async fn the_failure_rate_rule_closes_when_probes_fail_below_the_threshold() {
     failing.run(&[Call::Ok, Call::Fail, Call::Fail]).await;
     assert_eq!(failing.state(), CircuitState::Open);
 }
+
+/// A keyed layer of two keys, the primary service and one long-lived clone (as a connection
+/// holds its service) that has cached both keys' breakers.
+fn keyed_rig(
+    builder: BreakerBuilder,
+) -> (
+    tower_inference::breaker::KeyedBreakerLayer<
+        &'static str,
+        fn(&(&'static str, Call)) -> &'static str,
+    >,
+    tower::util::BoxCloneService<(&'static str, Call), &'static str, InferenceError>,
+) {
+    let layer = builder
+        .minimum_calls(2)
+        .max_keys(2)
+        .build_keyed((|req: &(&'static str, Call)| req.0) as fn(&_) -> _);
+    let inner = backend(Arc::new(AtomicUsize::new(0)));
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(tower::service_fn(move |(_, call): (&'static str, Call)| {
+            inner.clone().oneshot(call)
+        }));
+    (layer, tower::util::BoxCloneService::new(svc))
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_evict_idle_keys_for_new_ones() {
+    let (layer, svc) = keyed_rig(builder());
+    let mut held = svc.clone();
+    for key in ["old-a", "old-b"] {
+        held.ready().await.unwrap().call((key, Call::Ok)).await.unwrap();
+    }
+    // Both keys idle past the idle timeout (10 minutes by default).
+    tokio::time::advance(10 * 60 * SEC + SEC).await;
+
+    // A broken new model trips its own breaker...
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(("broken", Call::Fail)).await;
+    }
+    let broken = layer.handle(&"broken").expect("a new key gets its own breaker");
+    assert_eq!(broken.state(), CircuitState::Open);
+    // ...and a healthy new model is not refused for it.
+    assert_eq!(
+        svc.clone().oneshot(("healthy", Call::Ok)).await.unwrap(),
+        "ok"
+    );
+    assert!(layer.handle(&"healthy").is_some());
+    assert_eq!(layer.overflow_handle().state(), CircuitState::Closed);
+    assert_eq!(layer.handles().len(), 2, "memory stays bounded by max_keys");
+    assert!(layer.handle(&"old-a").is_none());
+
+    // A clone that cached an evicted key's breaker goes back to the registry for it.
+    // The map is full of keys in use, so the call goes to the overflow breaker, not to the
+    // detached one the clone had cached.
+    held.ready().await.unwrap().call(("old-a", Call::Ok)).await.unwrap();
+    assert_eq!(layer.overflow_handle().snapshot().calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_keep_keys_in_use_and_those_held_open() {
+    let (layer, svc) = keyed_rig(builder().idle_timeout(60 * SEC));
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(("down", Call::Fail)).await;
+    }
+    layer.handle(&"down").unwrap().force_open();
+    for _ in 0..10 {
+        svc.clone().oneshot(("busy", Call::Ok)).await.unwrap();
+        tokio::time::advance(10 * SEC).await;
+    }
+    // "busy" was used within the idle timeout and "down" is forced open: neither goes, so
+    // a new key shares the overflow breaker.
+    svc.clone().oneshot(("new", Call::Ok)).await.unwrap();
+    assert!(layer.handle(&"new").is_none());
+    assert_eq!(layer.overflow_handle().snapshot().calls, 1);
+    assert_eq!(layer.handle(&"down").unwrap().state(), CircuitState::ForcedOpen);
+
+    // Once "busy" has been idle for the timeout, the next new key takes its place.
+    tokio::time::advance(61 * SEC).await;
+    svc.clone().oneshot(("new", Call::Ok)).await.unwrap();
+    assert!(layer.handle(&"new").is_some());
+    assert!(layer.handle(&"busy").is_none());
+    assert!(layer.handle(&"down").is_some());
+}
