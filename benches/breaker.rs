@@ -1,6 +1,6 @@
 //! Closed-state overhead of the circuit breaker, on one thread and on two threads sharing
 //! one breaker, side by side with `tower-resilience`'s circuit breaker on the same bare
-//! service.
+//! service, and the keyed breaker with eight keys.
 //!
 //! Each measurement is the time per call seen by one thread: with two threads both run the
 //! same number of calls at once, so a breaker that scales perfectly shows the same time as
@@ -22,12 +22,17 @@ fn breaker(c: &mut Criterion) {
         .build()
         .expect("a valid tower-resilience configuration")
         .layer(bare());
+    // Eight models behind one keyed layer: a key lookup and a coarse clock read per call.
+    let keyed = BreakerLayer::keyed(|n: &u64| n % 8).layer(bare());
 
     for threads in [Threads::One, Threads::Two] {
         let mut group = c.benchmark_group(format!("breaker_closed/{}", threads.label()));
         group.bench_function("bare", |b| b.iter_custom(|n| per_call(&bare(), threads, n)));
         group.bench_function("tower_inference", |b| {
             b.iter_custom(|n| per_call(&ours, threads, n))
+        });
+        group.bench_function("tower_inference_keyed_8", |b| {
+            b.iter_custom(|n| per_call(&keyed, threads, n))
         });
         group.bench_function("tower_resilience_0_13", |b| {
             b.iter_custom(|n| per_call(&theirs, threads, n))

@@ -730,8 +730,10 @@ async fn keyed_breakers_keep_keys_in_use_and_those_held_open() {
         let _ = svc.clone().oneshot(("down", Call::Fail)).await;
     }
     layer.handle(&"down").unwrap().force_open();
+    // A long-lived clone keeps "busy" in use through the breaker it cached.
+    let mut held = svc.clone();
     for _ in 0..10 {
-        svc.clone().oneshot(("busy", Call::Ok)).await.unwrap();
+        held.ready().await.unwrap().call(("busy", Call::Ok)).await.unwrap();
         tokio::time::advance(10 * SEC).await;
     }
     // "busy" was used within the idle timeout and "down" is forced open: neither goes, so

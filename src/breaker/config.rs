@@ -125,7 +125,11 @@ pub struct BreakerBuilder<C = DefaultClassifier> {
     pub(crate) classifier: C,
     pub(crate) emitter: Emitter,
     pub(crate) max_keys: usize,
+    pub(crate) idle_timeout: Duration,
 }
+
+/// How long a keyed breaker may go unused before a new key may take its place.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for BreakerBuilder {
     fn default() -> Self {
@@ -134,6 +138,7 @@ impl Default for BreakerBuilder {
             classifier: DefaultClassifier,
             emitter: Emitter::noop(),
             max_keys: 64,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -260,13 +265,29 @@ impl<C> BreakerBuilder<C> {
             classifier,
             emitter: self.emitter,
             max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
         }
     }
 
     /// For keyed breakers: the most keys that get a breaker of their own (default 64; at
-    /// least 1). Calls for further keys share one overflow breaker.
+    /// least 1). When every place is taken, a new key takes the place of a key idle for
+    /// [`idle_timeout`](Self::idle_timeout); if none is, its calls share one overflow breaker.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// For keyed breakers: how long a key's breaker may go without a call before a new key
+    /// may take its place (default 10 minutes; zero is taken as the default). Only a closed
+    /// breaker, or an open one whose open period is over, is dropped: a half-open breaker and
+    /// one forced open or disabled through its handle keep their place. A dropped key that
+    /// comes back gets a fresh, closed breaker.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = if idle.is_zero() {
+            DEFAULT_IDLE_TIMEOUT
+        } else {
+            idle
+        };
         self
     }
 

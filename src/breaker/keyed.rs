@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -19,30 +21,102 @@ use crate::error::InferenceError;
 use crate::event::Emitter;
 use crate::stripe::Homed;
 
+/// A key's breaker in the registry, with when it was last used.
+struct Slot {
+    shared: Arc<Shared>,
+    /// Milliseconds since the registry's origin at the last call, kept coarse: it is written
+    /// only when it is at least `Registry::resolution` old, so a busy key's calls only read it.
+    used: AtomicU64,
+}
+
+impl Slot {
+    #[inline]
+    fn touch(&self, now: u64, resolution: u64) {
+        if now.saturating_sub(self.used.load(Relaxed)) >= resolution {
+            self.used.store(now, Relaxed);
+        }
+    }
+}
+
+/// The keys' breakers and when idle ones were last looked for.
+struct Keys<K> {
+    slots: HashMap<K, Arc<Slot>>,
+    last_sweep: Option<u64>,
+}
+
 /// The breakers of a keyed layer, created on first use, at most `max_keys` of them.
 struct Registry<K> {
     template: BreakerConfig,
     emitter: Emitter,
     max_keys: usize,
-    breakers: Mutex<HashMap<K, Arc<Shared>>>,
+    /// Idle time after which a key's breaker may give its place to a new key, in ms.
+    idle: u64,
+    /// How stale a slot's `used` may get, in ms (an eighth of `idle`, 1 ms to 1 s).
+    resolution: u64,
+    origin: Instant,
+    keys: Mutex<Keys<K>>,
+    /// Moves on whenever a key is dropped, so services drop the breakers they cached.
+    generation: AtomicU64,
     overflow: Arc<Shared>,
 }
 
+impl<K> Registry<K> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys<K>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl<K: Hash + Eq + Clone + fmt::Display> Registry<K> {
-    /// The key's breaker, and whether it is the key's own (not the overflow one).
-    fn get(&self, key: &K) -> (Arc<Shared>, bool) {
-        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(shared) = breakers.get(key) {
-            return (shared.clone(), true);
+    /// The key's slot, or `None` when the key shares the overflow breaker.
+    fn get(&self, key: &K) -> Option<Arc<Slot>> {
+        let now = self.now();
+        let mut keys = self.lock();
+        if let Some(slot) = keys.slots.get(key) {
+            slot.touch(now, self.resolution);
+            return Some(slot.clone());
         }
-        if breakers.len() >= self.max_keys {
-            return (self.overflow.clone(), false);
+        if keys.slots.len() >= self.max_keys {
+            self.sweep(&mut keys, now);
+            if keys.slots.len() >= self.max_keys {
+                return None;
+            }
         }
         let mut config = self.template.clone();
         config.name = format!("{}/{key}", self.template.name).into();
-        let shared = Arc::new(Shared::new(config, self.emitter.clone()));
-        breakers.insert(key.clone(), shared.clone());
-        (shared, true)
+        let slot = Arc::new(Slot {
+            shared: Arc::new(Shared::new(config, self.emitter.clone())),
+            used: AtomicU64::new(now),
+        });
+        keys.slots.insert(key.clone(), slot.clone());
+        Some(slot)
+    }
+
+    /// Drops the breakers idle for `idle` that may go; at most once per `resolution`, so a
+    /// flood of new keys costs one pass over the map per `resolution`, not one per call.
+    fn sweep(&self, keys: &mut Keys<K>, now: u64) {
+        if keys
+            .last_sweep
+            .is_some_and(|last| now.saturating_sub(last) < self.resolution)
+        {
+            return;
+        }
+        keys.last_sweep = Some(now);
+        let before = keys.slots.len();
+        keys.slots.retain(|key, slot| {
+            let idle = now.saturating_sub(slot.used.load(Relaxed)) >= self.idle;
+            let drop = idle && slot.shared.evictable();
+            if drop {
+                tracing::debug!(breaker = %self.template.name, %key, "idle keyed breaker dropped");
+            }
+            !drop
+        });
+        if keys.slots.len() < before {
+            self.generation.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -59,8 +133,11 @@ impl<K> fmt::Debug for Registry<K> {
 ///
 /// `key_fn` takes the key (a model or backend name) from each request; the first call for a
 /// key creates its breaker, named `"{name}/{key}"`, with the layer's configuration. At most
-/// [`max_keys`](BreakerBuilder::max_keys) keys get a breaker of their own; calls for further
-/// keys share one overflow breaker, so memory stays bounded whatever keys callers send.
+/// [`max_keys`](BreakerBuilder::max_keys) keys have a breaker of their own at a time, so
+/// memory stays bounded whatever keys callers send. When every place is taken, a new key
+/// takes the place of one unused for [`idle_timeout`](BreakerBuilder::idle_timeout) (a closed
+/// breaker, or an open one whose open period is over); if no key is that idle, the new key's
+/// calls share one overflow breaker until a place frees up.
 ///
 /// The key is only known at `call`, so `poll_ready` always drives the inner service and a
 /// refused call fails in `call` without reaching it.
@@ -114,13 +191,21 @@ impl<K, F, C> KeyedBreakerLayer<K, F, C> {
     pub(crate) fn from_builder(builder: BreakerBuilder<C>, key_fn: F) -> Self {
         let mut overflow = builder.config.clone();
         overflow.name = format!("{}/overflow", builder.config.name).into();
+        let idle = u64::try_from(builder.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         KeyedBreakerLayer {
             registry: Arc::new(Registry {
                 overflow: Arc::new(Shared::new(overflow, builder.emitter.clone())),
                 template: builder.config,
                 emitter: builder.emitter,
                 max_keys: builder.max_keys,
-                breakers: Mutex::new(HashMap::new()),
+                idle: idle.max(1),
+                resolution: (idle / 8).clamp(1, 1_000),
+                origin: Instant::now(),
+                keys: Mutex::new(Keys {
+                    slots: HashMap::new(),
+                    last_sweep: None,
+                }),
+                generation: AtomicU64::new(0),
             }),
             key_fn,
             classifier: builder.classifier,
@@ -136,32 +221,26 @@ impl<K, F, C> KeyedBreakerLayer<K, F, C> {
 }
 
 impl<K: Hash + Eq + Clone, F, C> KeyedBreakerLayer<K, F, C> {
-    /// The handle of `key`'s breaker, if a call for that key has created it.
+    /// The handle of `key`'s breaker, if a call for that key has created it and it has not
+    /// been dropped as idle since. A handle outlives its breaker's place: once the key is
+    /// dropped, the handle no longer acts on its calls.
     pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
-        let breakers = self
-            .registry
-            .breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        breakers.get(key).map(|shared| BreakerHandle {
-            shared: shared.clone(),
+        self.registry.lock().slots.get(key).map(|slot| BreakerHandle {
+            shared: slot.shared.clone(),
         })
     }
 
-    /// Every key's breaker created so far, with its handle.
+    /// Every key's breaker now in place, with its handle.
     pub fn handles(&self) -> Vec<(K, BreakerHandle)> {
-        let breakers = self
-            .registry
-            .breakers
+        self.registry
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        breakers
+            .slots
             .iter()
-            .map(|(k, shared)| {
+            .map(|(k, slot)| {
                 (
                     k.clone(),
                     BreakerHandle {
-                        shared: shared.clone(),
+                        shared: slot.shared.clone(),
                     },
                 )
             })
@@ -183,6 +262,7 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedBreakerLayer<K, F, C> {
             key_fn: self.key_fn.clone(),
             classifier: self.classifier.clone(),
             locals: HashMap::new(),
+            generation: self.registry.generation.load(Relaxed),
         }
     }
 }
@@ -193,9 +273,17 @@ pub struct KeyedBreaker<S, K, F, C> {
     registry: Arc<Registry<K>>,
     key_fn: F,
     classifier: C,
-    /// This clone's view of the keys' breakers (bounded by `max_keys`).
-    locals: HashMap<K, Arc<Local<C>>>,
+    /// This clone's view of the keys' breakers (bounded by `max_keys`), valid while the
+    /// registry's generation is `generation`.
+    locals: HashMap<K, Cached<C>>,
+    generation: u64,
     overflow: Arc<Local<C>>,
+}
+
+/// A key's breaker as one service holds it.
+struct Cached<C> {
+    local: Arc<Local<C>>,
+    slot: Arc<Slot>,
 }
 
 impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedBreaker<S, K, F, C> {
@@ -206,6 +294,7 @@ impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedBreaker<S, K, F, C> {
             key_fn: self.key_fn.clone(),
             classifier: self.classifier.clone(),
             locals: HashMap::new(),
+            generation: self.registry.generation.load(Relaxed),
             overflow: Arc::new(Homed::new(Shares {
                 shared: self.overflow.shared.clone(),
                 classifier: self.classifier.clone(),
@@ -227,20 +316,36 @@ impl<S, K, F, C: Clone> KeyedBreaker<S, K, F, C>
 where
     K: Hash + Eq + Clone + fmt::Display,
 {
+    /// The breaker for `key`: one read of the registry's generation and, for a key this
+    /// service has seen, a map lookup, a clock read and (at most once per resolution) a write
+    /// of when the key was used. The registry's lock is taken only for a key not seen yet.
     fn local(&mut self, key: K) -> Arc<Local<C>> {
-        if let Some(local) = self.locals.get(&key) {
-            return local.clone();
+        let registry = &self.registry;
+        let generation = registry.generation.load(Relaxed);
+        if generation != self.generation {
+            self.locals.clear();
+            self.generation = generation;
         }
-        match self.registry.get(&key) {
-            (shared, true) => {
+        if let Some(cached) = self.locals.get(&key) {
+            cached.slot.touch(registry.now(), registry.resolution);
+            return cached.local.clone();
+        }
+        match registry.get(&key) {
+            Some(slot) => {
                 let local = Arc::new(Homed::new(Shares {
-                    shared,
+                    shared: slot.shared.clone(),
                     classifier: self.classifier.clone(),
                 }));
-                self.locals.insert(key, local.clone());
+                self.locals.insert(
+                    key,
+                    Cached {
+                        local: local.clone(),
+                        slot,
+                    },
+                );
                 local
             }
-            (_, false) => self.overflow.clone(),
+            None => self.overflow.clone(),
         }
     }
 }

@@ -219,6 +219,17 @@ impl Shared {
         self.load().state()
     }
 
+    /// Whether an idle keyed breaker may be dropped: it is closed, or open with its open
+    /// period over (its next call would probe anyway). Half-open (probes out) and the states
+    /// an operator set by hand are kept.
+    pub(crate) fn evictable(&self) -> bool {
+        match self.state() {
+            CircuitState::Closed => true,
+            CircuitState::Open => self.nanos_since_origin() >= self.open_until.load(Relaxed),
+            CircuitState::HalfOpen | CircuitState::ForcedOpen | CircuitState::Disabled => false,
+        }
+    }
+
     /// Decides whether a call may go through.
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let mut word = self.load();
