@@ -666,17 +666,14 @@ async fn the_failure_rate_rule_closes_when_probes_fail_below_the_threshold() {
     assert_eq!(failing.state(), CircuitState::Open);
 }
 
-/// A keyed layer of two keys, the primary service and one long-lived clone (as a connection
-/// holds its service) that has cached both keys' breakers.
-fn keyed_rig(
-    builder: BreakerBuilder,
-) -> (
-    tower_inference::breaker::KeyedBreakerLayer<
-        &'static str,
-        fn(&(&'static str, Call)) -> &'static str,
-    >,
-    tower::util::BoxCloneService<(&'static str, Call), &'static str, InferenceError>,
-) {
+type KeyedLayer = tower_inference::breaker::KeyedBreakerLayer<
+    &'static str,
+    fn(&(&'static str, Call)) -> &'static str,
+>;
+type KeyedSvc = tower::util::BoxCloneService<(&'static str, Call), &'static str, InferenceError>;
+
+/// A keyed layer with room for two keys, and the service it wraps around the backend.
+fn keyed_rig(builder: BreakerBuilder) -> (KeyedLayer, KeyedSvc) {
     let layer = builder
         .minimum_calls(2)
         .max_keys(2)
@@ -695,7 +692,12 @@ async fn keyed_breakers_evict_idle_keys_for_new_ones() {
     let (layer, svc) = keyed_rig(builder());
     let mut held = svc.clone();
     for key in ["old-a", "old-b"] {
-        held.ready().await.unwrap().call((key, Call::Ok)).await.unwrap();
+        held.ready()
+            .await
+            .unwrap()
+            .call((key, Call::Ok))
+            .await
+            .unwrap();
     }
     // Both keys idle past the idle timeout (10 minutes by default).
     tokio::time::advance(10 * 60 * SEC + SEC).await;
@@ -704,7 +706,9 @@ async fn keyed_breakers_evict_idle_keys_for_new_ones() {
     for _ in 0..2 {
         let _ = svc.clone().oneshot(("broken", Call::Fail)).await;
     }
-    let broken = layer.handle(&"broken").expect("a new key gets its own breaker");
+    let broken = layer
+        .handle(&"broken")
+        .expect("a new key gets its own breaker");
     assert_eq!(broken.state(), CircuitState::Open);
     // ...and a healthy new model is not refused for it.
     assert_eq!(
@@ -719,7 +723,12 @@ async fn keyed_breakers_evict_idle_keys_for_new_ones() {
     // A clone that cached an evicted key's breaker goes back to the registry for it.
     // The map is full of keys in use, so the call goes to the overflow breaker, not to the
     // detached one the clone had cached.
-    held.ready().await.unwrap().call(("old-a", Call::Ok)).await.unwrap();
+    held.ready()
+        .await
+        .unwrap()
+        .call(("old-a", Call::Ok))
+        .await
+        .unwrap();
     assert_eq!(layer.overflow_handle().snapshot().calls, 1);
 }
 
@@ -733,7 +742,12 @@ async fn keyed_breakers_keep_keys_in_use_and_those_held_open() {
     // A long-lived clone keeps "busy" in use through the breaker it cached.
     let mut held = svc.clone();
     for _ in 0..10 {
-        held.ready().await.unwrap().call(("busy", Call::Ok)).await.unwrap();
+        held.ready()
+            .await
+            .unwrap()
+            .call(("busy", Call::Ok))
+            .await
+            .unwrap();
         tokio::time::advance(10 * SEC).await;
     }
     // "busy" was used within the idle timeout and "down" is forced open: neither goes, so
@@ -741,7 +755,10 @@ async fn keyed_breakers_keep_keys_in_use_and_those_held_open() {
     svc.clone().oneshot(("new", Call::Ok)).await.unwrap();
     assert!(layer.handle(&"new").is_none());
     assert_eq!(layer.overflow_handle().snapshot().calls, 1);
-    assert_eq!(layer.handle(&"down").unwrap().state(), CircuitState::ForcedOpen);
+    assert_eq!(
+        layer.handle(&"down").unwrap().state(),
+        CircuitState::ForcedOpen
+    );
 
     // Once "busy" has been idle for the timeout, the next new key takes its place.
     tokio::time::advance(61 * SEC).await;

@@ -225,9 +225,13 @@ impl<K: Hash + Eq + Clone, F, C> KeyedBreakerLayer<K, F, C> {
     /// been dropped as idle since. A handle outlives its breaker's place: once the key is
     /// dropped, the handle no longer acts on its calls.
     pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
-        self.registry.lock().slots.get(key).map(|slot| BreakerHandle {
-            shared: slot.shared.clone(),
-        })
+        self.registry
+            .lock()
+            .slots
+            .get(key)
+            .map(|slot| BreakerHandle {
+                shared: slot.shared.clone(),
+            })
     }
 
     /// Every key's breaker now in place, with its handle.
