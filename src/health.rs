@@ -49,6 +49,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::breaker::BreakerHandle;
 use crate::event::CircuitState;
+use crate::setting;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
@@ -237,7 +238,8 @@ impl fmt::Debug for HealthBuilder {
 
 impl HealthBuilder {
     /// A check: `run` resolves to `Ok(())` when healthy or `Err(reason)`; it fails too if it
-    /// takes longer than `timeout`. A `critical` check's failure makes the service critical.
+    /// takes longer than `timeout` (a zero timeout is taken as 1 s). A `critical` check's
+    /// failure makes the service critical.
     pub fn check<F, Fut>(
         mut self,
         name: impl Into<Cow<'static, str>>,
@@ -252,7 +254,7 @@ impl HealthBuilder {
         self.checks.push(Check {
             name: name.into(),
             critical,
-            timeout,
+            timeout: setting::nonzero("health check timeout", timeout, Duration::from_secs(1)),
             run: Arc::new(move || Box::pin(run())),
         });
         self

@@ -82,6 +82,15 @@
 //! # fn main() {}
 //! ```
 //!
+//! # Configuration values
+//!
+//! Every builder follows one rule: it never fails and never panics, at build time or later at
+//! call time, whatever values it is given. A value outside a setting's documented range is
+//! clamped into it, and a value that means nothing for the setting (NaN, a zero timeout) is
+//! replaced by the setting's default; each setting documents its range and what it does with
+//! such values. Every adjustment is logged once, when the setting is given, with
+//! `tracing::warn!` naming the setting, the value given and the value used.
+//!
 //! # Features
 //!
 //! - `mock`: [`mock::MockGpu`], a realistic GPU-backed model service, and
@@ -122,6 +131,7 @@ pub mod provenance;
 pub mod retry;
 mod ring;
 mod rng;
+mod setting;
 pub mod stack;
 mod stripe;
 mod tally;

@@ -29,6 +29,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::InferenceError;
+use crate::setting;
 
 /// How much to degrade a request: a quality factor and a speed factor.
 ///
@@ -51,14 +52,14 @@ impl Scale {
     /// A scale with the given factors, clamped to their valid ranges.
     pub fn new(quality: f64, speed: f64) -> Self {
         let quality = if quality.is_nan() {
-            1.0
+            setting::share("scale quality", quality, 1.0)
         } else {
-            quality.clamp(0.01, 1.0)
+            setting::clamp("scale quality", quality, 0.01, 1.0)
         };
         let speed = if speed.is_nan() {
-            1.0
+            setting::factor("scale speed", speed, 1.0, 1.0)
         } else {
-            speed.clamp(1.0, 1000.0)
+            setting::clamp("scale speed", speed, 1.0, 1000.0)
         };
         Scale { quality, speed }
     }

@@ -255,8 +255,9 @@ impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T> {
     }
 
     /// Bounds each attempt on the primary with tower's timeout (the stack's error type becomes
-    /// [`tower::BoxError`]).
+    /// [`tower::BoxError`]; at least 1 ms).
     pub fn timeout(self, timeout: Duration) -> InferenceStack<M, F, D, R, B, TimeoutLayer> {
+        let timeout = crate::setting::at_least("stack.timeout", timeout, Duration::from_millis(1));
         with!(self, timeout = TimeoutLayer::new(timeout); metrics, fallback, degrade, retry, breaker)
     }
 }

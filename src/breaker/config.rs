@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::classify::DefaultClassifier;
 use crate::event::{Emitter, EventSink};
+use crate::setting;
 
 use super::keyed::KeyedBreakerLayer;
 use super::layer::BreakerLayer;
@@ -30,6 +31,8 @@ pub(crate) enum Window {
 pub(crate) const MAX_WINDOW_CALLS: u32 = (1 << 20) - 1;
 /// Probes above this are clamped (the state word packs probe counters).
 pub(crate) const MAX_PROBES: u32 = (1 << 15) - 1;
+/// Keyed breakers: at most this many keys have a breaker of their own.
+const MAX_KEYS: usize = 1 << 16;
 
 #[derive(Debug, Clone)]
 pub(crate) struct BreakerConfig {
@@ -109,11 +112,9 @@ impl BreakerConfig {
     }
 }
 
+/// A share in `[0, 1]` (already checked) in basis points.
 fn basis_points(rate: f64) -> u32 {
-    if rate.is_nan() {
-        return 10_000;
-    }
-    (rate.clamp(0.0, 1.0) * 10_000.0).round() as u32
+    (rate * 10_000.0).round() as u32
 }
 
 /// Configures a [`BreakerLayer`]. Every setting documents its default; the defaults suit
@@ -153,7 +154,7 @@ impl<C> BreakerBuilder<C> {
     /// A count-based window of the last `size` calls (the default, with 100; 1 to 1 048 575).
     pub fn count_window(mut self, size: u32) -> Self {
         self.config.window = Window::Count {
-            size: size.clamp(1, MAX_WINDOW_CALLS),
+            size: setting::clamp("breaker.count_window", size, 1, MAX_WINDOW_CALLS),
         };
         self
     }
@@ -161,14 +162,9 @@ impl<C> BreakerBuilder<C> {
     /// A time-based window of the calls in the last `duration`, kept in `buckets` buckets
     /// (default: count-based). A zero duration is taken as one second; buckets are 1 to 1 024.
     pub fn time_window(mut self, duration: Duration, buckets: u32) -> Self {
-        let duration = if duration.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            duration
-        };
         self.config.window = Window::Time {
-            duration,
-            buckets: buckets.clamp(1, 1_024),
+            duration: setting::nonzero("breaker.time_window", duration, Duration::from_secs(1)),
+            buckets: setting::clamp("breaker.time_window buckets", buckets, 1, 1_024),
         };
         self
     }
@@ -176,43 +172,55 @@ impl<C> BreakerBuilder<C> {
     /// Calls the window must hold before the breaker judges it (default 20; at least 1; with a
     /// count window, at most the window's size, which is the minimum when this is larger).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.config.minimum_calls = calls.clamp(1, MAX_WINDOW_CALLS);
+        self.config.minimum_calls =
+            setting::clamp("breaker.minimum_calls", calls, 1, MAX_WINDOW_CALLS);
         self
     }
 
-    /// Share of failed calls, in `[0, 1]`, at or above which the breaker opens (default 0.5).
+    /// Share of failed calls, in `[0, 1]`, at or above which the breaker opens (default 0.5;
+    /// NaN is taken as the default).
     pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
-        self.config.failure_rate_bp = basis_points(rate);
+        self.config.failure_rate_bp =
+            basis_points(setting::share("breaker.failure_rate_threshold", rate, 0.5));
         self
     }
 
-    /// Calls slower than `duration` count as slow, even when they succeed (default: off).
+    /// Calls slower than `duration` count as slow, even when they succeed (default: off; at
+    /// least 1 µs).
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.config.slow_call_duration = Some(duration);
+        self.config.slow_call_duration = Some(setting::at_least(
+            "breaker.slow_call_duration",
+            duration,
+            Duration::from_micros(1),
+        ));
         self
     }
 
     /// Share of slow calls, in `[0, 1]`, at or above which the breaker opens (default 1.0;
-    /// only used with [`slow_call_duration`](Self::slow_call_duration)).
+    /// NaN is taken as the default; only used with
+    /// [`slow_call_duration`](Self::slow_call_duration)).
     pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
-        self.config.slow_call_rate_bp = basis_points(rate);
+        self.config.slow_call_rate_bp = basis_points(setting::share(
+            "breaker.slow_call_rate_threshold",
+            rate,
+            1.0,
+        ));
         self
     }
 
-    /// How long the breaker stays open before it lets probes through (default 30 s).
+    /// How long the breaker stays open before it lets probes through (default 30 s; at least
+    /// 1 ms, as in resilience4j).
     pub fn open_duration(mut self, duration: Duration) -> Self {
-        self.config.open_duration = duration;
+        self.config.open_duration =
+            setting::at_least("breaker.open_duration", duration, Duration::from_millis(1));
         self
     }
 
     /// Grows the open duration by `factor` on each consecutive re-opening, up to `max`; a
-    /// close resets it (default: no growth).
+    /// close resets it (default: no growth; a factor below 1 is taken as 1, NaN or infinite
+    /// as 1; a `max` below the open duration is the open duration).
     pub fn open_duration_growth(mut self, factor: f64, max: Duration) -> Self {
-        self.config.open_growth = if factor.is_finite() {
-            factor.max(1.0)
-        } else {
-            1.0
-        };
+        self.config.open_growth = setting::factor("breaker.open_duration_growth", factor, 1.0, 1.0);
         self.config.max_open_duration = max;
         self
     }
@@ -224,11 +232,8 @@ impl<C> BreakerBuilder<C> {
     /// `maxWaitDurationInHalfOpenState`, bounded by default here). Give it more than the
     /// slowest answer a probe may take.
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
-        self.config.half_open_max_wait = if wait.is_zero() {
-            Duration::from_secs(60)
-        } else {
-            wait
-        };
+        self.config.half_open_max_wait =
+            setting::nonzero("breaker.half_open_max_wait", wait, Duration::from_secs(60));
         self
     }
 
@@ -241,7 +246,8 @@ impl<C> BreakerBuilder<C> {
     /// Probe calls let through when half-open; that many successes close the breaker
     /// (default 3; 1 to 32 767; with [`ProbeRule::FailureRate`], at most 8 191).
     pub fn half_open_probes(mut self, probes: u32) -> Self {
-        self.config.half_open_probes = probes.clamp(1, MAX_PROBES);
+        self.config.half_open_probes =
+            setting::clamp("breaker.half_open_probes", probes, 1, MAX_PROBES);
         self
     }
 
@@ -269,11 +275,11 @@ impl<C> BreakerBuilder<C> {
         }
     }
 
-    /// For keyed breakers: the most keys that get a breaker of their own (default 64; at
-    /// least 1). When every place is taken, a new key takes the place of a key idle for
+    /// For keyed breakers: the most keys that get a breaker of their own (default 64; 1 to
+    /// 65 536). When every place is taken, a new key takes the place of a key idle for
     /// [`idle_timeout`](Self::idle_timeout); if none is, its calls share one overflow breaker.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys.max(1);
+        self.max_keys = setting::clamp("breaker.max_keys", max_keys, 1, MAX_KEYS);
         self
     }
 
@@ -283,11 +289,7 @@ impl<C> BreakerBuilder<C> {
     /// one forced open or disabled through its handle keep their place. A dropped key that
     /// comes back gets a fresh, closed breaker.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = if idle.is_zero() {
-            DEFAULT_IDLE_TIMEOUT
-        } else {
-            idle
-        };
+        self.idle_timeout = setting::nonzero("breaker.idle_timeout", idle, DEFAULT_IDLE_TIMEOUT);
         self
     }
 

@@ -10,6 +10,7 @@ use super::service::Degrade;
 use super::signal::{Probe, Signals};
 use crate::error::InferenceError;
 use crate::event::{Emitter, Event, EventSink};
+use crate::setting;
 
 /// What every service of one degrade layer shares.
 #[derive(Debug)]
@@ -102,18 +103,28 @@ impl DegradeBuilder {
     /// Load from requests in flight through the layer: `in_flight / capacity` (default: off;
     /// a capacity of 0 is taken as 1).
     pub fn in_flight_capacity(mut self, capacity: usize) -> Self {
-        self.capacity = Some(capacity);
+        self.capacity = Some(setting::at_least("degrade.in_flight_capacity", capacity, 1));
         self
     }
 
     /// Load from latency: an exponentially weighted moving average of call latency against
-    /// `target` (default: off). `alpha` in `(0, 1]` weighs the newest call (default 0.2).
+    /// `target` (default: off; at least 1 ms). `alpha` in `(0, 1]` weighs the newest call
+    /// (default 0.2; NaN is taken as the default).
     pub fn latency_target(mut self, target: Duration, alpha: f64) -> Self {
-        self.latency = Some(target);
+        self.latency = Some(setting::at_least(
+            "degrade.latency_target",
+            target,
+            Duration::from_millis(1),
+        ));
         self.alpha = if alpha.is_nan() {
-            0.2
+            setting::share("degrade.latency_target alpha", alpha, 0.2)
         } else {
-            alpha.clamp(f64::MIN_POSITIVE, 1.0)
+            setting::clamp(
+                "degrade.latency_target alpha",
+                alpha,
+                f64::MIN_POSITIVE,
+                1.0,
+            )
         };
         self
     }
@@ -135,10 +146,11 @@ impl DegradeBuilder {
         self
     }
 
-    /// Hysteresis: the load must fall this far below a level's threshold (default 0.1) for
-    /// `dwell` (default 10 s) before the layer steps down; it steps up at once.
+    /// Hysteresis: the load must fall this far below a level's threshold (default 0.1; 0 to
+    /// 1, NaN taken as the default) for `dwell` (default 10 s) before the layer steps down; it
+    /// steps up at once.
     pub fn hysteresis(mut self, margin: f64, dwell: Duration) -> Self {
-        self.margin = margin;
+        self.margin = setting::share("degrade.hysteresis margin", margin, 0.1);
         self.dwell = dwell;
         self
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
 
 use crate::params::Scale;
+use crate::setting;
 
 /// A degradation level: from which load it applies, and how much it scales requests down.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,7 +19,8 @@ pub struct Level {
 }
 
 impl Level {
-    /// A level named `name` from load `threshold`, scaling requests by `quality` and `speed`.
+    /// A level named `name` from load `threshold` (0 to 1; NaN is taken as 1), scaling
+    /// requests by `quality` and `speed` (see [`Scale::new`]).
     pub fn new(
         name: impl Into<Cow<'static, str>>,
         threshold: f64,
@@ -27,11 +29,7 @@ impl Level {
     ) -> Self {
         Level {
             name: name.into(),
-            threshold: if threshold.is_nan() {
-                1.0
-            } else {
-                threshold.clamp(0.0, 1.0)
-            },
+            threshold: setting::share("degrade level threshold", threshold, 1.0),
             scale: Scale::new(quality, speed),
         }
     }

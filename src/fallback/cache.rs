@@ -99,10 +99,14 @@ struct Entry<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> MemoryStore<V> {
-    /// A store that keeps at most `max_entries` answers.
+    /// A store that keeps at most `max_entries` answers (at least 1).
     pub fn new(max_entries: usize) -> Self {
         MemoryStore {
-            entries: quick_cache::sync::Cache::new(max_entries.max(1)),
+            entries: quick_cache::sync::Cache::new(crate::setting::at_least(
+                "memory_store.max_entries",
+                max_entries,
+                1,
+            )),
         }
     }
 

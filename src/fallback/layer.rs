@@ -9,12 +9,16 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::cache::CacheStore;
-use super::guard::StoreGuard;
+use super::guard::{DEFAULT_GUARD, StoreGuard};
 use super::service::Fallback;
 use super::tier::{CacheConfig, Tier, TierKind, TierSpec};
 use crate::classify::DefaultClassifier;
 use crate::event::{Emitter, EventSink};
 use crate::provenance::{PRIMARY_TIER, Quality};
+use crate::setting;
+
+/// The longest a cached answer may be kept.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What every service of one fallback layer shares.
 pub(crate) struct Shared<Req, Res, E, C> {
@@ -155,13 +159,14 @@ impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
     /// Adds the cache tier, named `"cache"`: cacheable tiers' answers are stored under
     /// `key(&request)` for `ttl`, and this tier serves the stored answer (quality
     /// [`Quality::Stale`], with its age) when the tiers before it have failed. Store writes
-    /// never delay or fail a response.
+    /// never delay or fail a response. `ttl` is 1 ms to 365 days.
     pub fn cache<St, K>(mut self, store: St, key: K, ttl: Duration) -> Self
     where
         St: CacheStore<Res>,
         K: Fn(&Req) -> String + Send + Sync + 'static,
         Res: Clone + 'static,
     {
+        let ttl = setting::clamp("fallback.cache ttl", ttl, Duration::from_millis(1), MAX_TTL);
         let name = Cow::Borrowed("cache");
         self.cache = Some(CacheConfig::new(name.clone(), store, Arc::new(key), ttl));
         self.tiers.push(TierSpec {
@@ -178,8 +183,11 @@ impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
     /// and write of the store gets `timeout`, and after `failures` failures in a row the store
     /// is not asked for `cooldown`, so the cache tier fails at once and the chain moves on (a
     /// Redis outage then costs a request at most `timeout`, and nothing while skipped).
-    /// Call it after [`cache`](Self::cache).
+    /// Call it after [`cache`](Self::cache). A zero timeout is taken as the default; failures
+    /// are at least 1.
     pub fn cache_guard(mut self, timeout: Duration, failures: u32, cooldown: Duration) -> Self {
+        let timeout = setting::nonzero("fallback.cache_guard timeout", timeout, DEFAULT_GUARD.0);
+        let failures = setting::at_least("fallback.cache_guard failures", failures, 1);
         if let Some(cache) = &mut self.cache {
             cache.guard = Arc::new(StoreGuard::new(timeout, failures, cooldown));
         }

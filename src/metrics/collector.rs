@@ -14,10 +14,13 @@ use super::window::{BUCKET_SECS, RateRing, Rates};
 use crate::error::ErrorKind;
 use crate::event::{Event, EventSink};
 use crate::provenance::{PRIMARY_TIER, Provenance, Quality};
+use crate::setting;
 use crate::stripe::{STRIPES, stripe};
 
 /// Tier names a stage tracks; answers from further tiers count as `"other"`.
 const MAX_TIERS: usize = 16;
+/// The most error patterns a collector keeps.
+const MAX_TOP_K: usize = 1_024;
 /// Latency histograms per stage (threads share them round-robin): each holds 23 552 counters
 /// (1 µs to 1 h at 3 significant digits, 184 KiB), so fewer than the counters' stripes.
 const HISTOGRAMS: usize = 4;
@@ -332,25 +335,23 @@ impl ErrorMetrics {
     }
 
     /// A collector that reports a spike when a kind's 1-minute rate exceeds its 1-hour rate
-    /// × `spike_multiplier`, flags the SLA when the primary tier answers less than `sla` of the
-    /// calls, and keeps the `top_k` most frequent error patterns.
+    /// × `spike_multiplier` (at least 1; NaN or infinite is taken as 3), flags the SLA when
+    /// the primary tier answers less than `sla` of the calls (0 to 1; NaN is taken as 0.9),
+    /// and keeps the `top_k` most frequent error patterns (1 to 1 024).
     pub fn with_settings(spike_multiplier: f64, sla: f64, top_k: usize) -> Self {
         ErrorMetrics {
             inner: Arc::new(Inner {
                 origin: Instant::now(),
                 stages: Mutex::new(Vec::new()),
                 reported: Mutex::new(Reported::default()),
-                spike_multiplier: if spike_multiplier.is_nan() {
-                    3.0
-                } else {
-                    spike_multiplier.max(1.0)
-                },
-                sla: if sla.is_nan() {
-                    0.9
-                } else {
-                    sla.clamp(0.0, 1.0)
-                },
-                top_k: top_k.max(1),
+                spike_multiplier: setting::factor(
+                    "metrics.spike_multiplier",
+                    spike_multiplier,
+                    1.0,
+                    3.0,
+                ),
+                sla: setting::share("metrics.sla", sla, 0.9),
+                top_k: setting::clamp("metrics.top_k", top_k, 1, MAX_TOP_K),
             }),
         }
     }

@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use crate::error::InferenceError;
 use crate::rng::{clamp_probability, draw_rng};
+use crate::setting;
 
 #[derive(Debug)]
 struct ChaosShared {
@@ -115,13 +116,13 @@ impl ChaosBuilder {
 
     /// Probability that a call fails with an injected error (default 0; clamped to `[0, 1]`).
     pub fn error_rate(mut self, rate: f64) -> Self {
-        self.error_rate = clamp_probability(rate);
+        self.error_rate = setting::share("chaos.error_rate", rate, 0.0);
         self
     }
 
     /// Probability that an answer is delayed by `extra` (default 0; clamped to `[0, 1]`).
     pub fn latency(mut self, rate: f64, extra: Duration) -> Self {
-        self.latency_rate = clamp_probability(rate);
+        self.latency_rate = setting::share("chaos.latency rate", rate, 0.0);
         self.latency = extra;
         self
     }

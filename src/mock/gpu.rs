@@ -19,6 +19,7 @@ use super::types::{Completion, InferenceRequest, generate_text};
 use crate::error::{InferenceError, ModelFailure};
 use crate::provenance::Provenance;
 use crate::rng::draw_rng;
+use crate::setting;
 
 #[derive(Debug, Clone)]
 pub(crate) struct MockGpuConfig {
@@ -132,7 +133,7 @@ impl MockGpuBuilder {
 
     /// Requests that execute at once (default 4; at least 1).
     pub fn slots(mut self, slots: usize) -> Self {
-        self.config.slots = slots.max(1);
+        self.config.slots = setting::at_least("mock_gpu.slots", slots, 1);
         self
     }
 
@@ -144,14 +145,18 @@ impl MockGpuBuilder {
         /// How long the weights take to load, at start and after a revive (default zero).
         load_time: Duration
     );
-    setter!(
-        /// Probability that a call fails with `ModelFailure` (default 0; clamped to `[0, 1]`).
-        failure_rate: f64
-    );
-    setter!(
-        /// Probability that a call never answers (default 0; clamped to `[0, 1]`).
-        hang_rate: f64
-    );
+    /// Probability that a call fails with `ModelFailure` (default 0; clamped to `[0, 1]`,
+    /// NaN taken as 0).
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.config.failure_rate = setting::share("mock_gpu.failure_rate", rate, 0.0);
+        self
+    }
+
+    /// Probability that a call never answers (default 0; clamped to `[0, 1]`, NaN taken as 0).
+    pub fn hang_rate(mut self, rate: f64) -> Self {
+        self.config.hang_rate = setting::share("mock_gpu.hang_rate", rate, 0.0);
+        self
+    }
     setter!(
         /// Seed of the fault and text generator; the same seed and calls give the same run
         /// (default `0x5EED`).

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::rng::{draw_rng, random_seed};
+use crate::setting;
 
 /// Exponential backoff with optional full jitter.
 ///
@@ -55,15 +56,11 @@ impl Default for Backoff {
 impl Backoff {
     /// Delays of `base × factor^(n-1)`, capped at `cap`, with full jitter from a random seed.
     ///
-    /// A factor below 1 (or NaN) is taken as 1, so delays never shrink.
+    /// A factor below 1 is taken as 1, so delays never shrink; NaN or infinite is taken as 2.
     pub fn new(base: Duration, factor: f64, cap: Duration) -> Self {
         Backoff {
             base,
-            factor: if factor.is_nan() {
-                1.0
-            } else {
-                factor.max(1.0)
-            },
+            factor: setting::factor("retry.backoff factor", factor, 1.0, 2.0),
             cap,
             jitter: true,
             seed: random_seed(),

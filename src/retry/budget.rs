@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::InferenceError;
 use crate::ring::{PeriodRing, count_of, pack, period_of};
+use crate::setting;
 use crate::stripe::{STRIPES, stripe};
 
 /// Buckets the time-to-live is cut into; the window slides a bucket at a time.
@@ -64,7 +64,7 @@ fn clock_due() -> bool {
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// // 10 % of requests may be retried, plus 1 retry a second over a 10 s window.
-/// let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1).unwrap();
+/// let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1);
 /// for _ in 0..100 {
 ///     budget.deposit();
 /// }
@@ -91,23 +91,21 @@ impl RetryBudget {
     /// whatever the traffic, plus `retry_percent` (0 to 1000, e.g. `0.1` for 10 %) of the
     /// requests.
     ///
-    /// Out-of-range values are an [`InferenceError::InvalidInput`] naming the setting.
-    pub fn new(
-        ttl: Duration,
-        min_per_sec: u32,
-        retry_percent: f64,
-    ) -> Result<Self, InferenceError> {
-        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-            return Err(InferenceError::invalid_input(
-                "retry budget ttl must be between 1 and 60 seconds",
-            ));
-        }
-        if !(0.0..=1000.0).contains(&retry_percent) {
-            return Err(InferenceError::invalid_input(
-                "retry budget retry_percent must be between 0 and 1000",
-            ));
-        }
-        Ok(RetryBudget::unchecked(ttl, min_per_sec, retry_percent))
+    /// Out-of-range values are clamped into these ranges and NaN is taken as 0.2, as every
+    /// setting of the crate does (see [the crate's rule](crate#configuration-values)).
+    pub fn new(ttl: Duration, min_per_sec: u32, retry_percent: f64) -> Self {
+        let ttl = setting::clamp(
+            "retry_budget.ttl",
+            ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        let retry_percent = if retry_percent.is_nan() {
+            setting::factor("retry_budget.retry_percent", retry_percent, 0.0, 0.2)
+        } else {
+            setting::clamp("retry_budget.retry_percent", retry_percent, 0.0, 1000.0)
+        };
+        RetryBudget::unchecked(ttl, min_per_sec, retry_percent)
     }
 
     fn unchecked(ttl: Duration, min_per_sec: u32, retry_percent: f64) -> Self {

@@ -12,6 +12,7 @@ use super::service::Retry;
 use crate::classify::DefaultClassifier;
 use crate::event::{Emitter, EventSink};
 use crate::params::Scale;
+use crate::setting;
 
 /// Retries what is worth retrying. See the [module docs](crate::retry).
 ///
@@ -85,9 +86,9 @@ pub struct RetryBuilder<C = DefaultClassifier, D = NoOomRetry> {
 }
 
 impl<C, D> RetryBuilder<C, D> {
-    /// Attempts in all, the first included (default 3; at least 1).
+    /// Attempts in all, the first included (default 3; 1 to 100).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+        self.max_attempts = setting::clamp("retry.max_attempts", attempts, 1, 100);
         self
     }
 
@@ -100,10 +101,16 @@ impl<C, D> RetryBuilder<C, D> {
     /// A deadline for the whole call, from its first attempt, the attempt in flight included:
     /// when it passes, the call ends with [`InferenceError::Timeout`](crate::InferenceError)
     /// (`after` = the deadline), and no retry starts whose delay would end past it (default:
-    /// none). It applies when retries are allowed (`max_attempts` above 1) and costs one
+    /// none; zero is taken as none). It applies when retries are allowed (`max_attempts` above 1) and costs one
     /// timer allocation per call.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
+        if deadline.is_zero() {
+            // A zero deadline would fail every call before it starts.
+            setting::warn("retry.deadline", &deadline, &"none");
+            self.deadline = None;
+        } else {
+            self.deadline = Some(deadline);
+        }
         self
     }
 
