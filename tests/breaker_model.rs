@@ -1,14 +1,17 @@
 //! Property test: the breaker follows a small, obviously correct reference model.
 //!
 //! Random configurations and random sequences of calls (success, backend failure, caller
-//! fault; fast or slow) and time steps are run through the real breaker on paused time and
-//! through the model below; after every step both must agree on whether the call was let
-//! through and on the state.
+//! fault; fast or slow; or a call that never answers, which holds a probe's place) and time
+//! steps are run through the real breaker on paused time and through the model below; after
+//! every step both must agree on whether the call was let through and on the state. The
+//! configurations cover both probe rules and the half-open maximum wait.
 
 mod support;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -26,8 +29,16 @@ enum Kind {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Call { kind: Kind, millis: u64 },
-    Advance { millis: u64 },
+    Call {
+        kind: Kind,
+        millis: u64,
+    },
+    Advance {
+        millis: u64,
+    },
+    /// A call that never answers: let through, it is never recorded and, as a probe, it holds
+    /// its place until the half-open phase ends.
+    Hang,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +54,8 @@ struct Config {
     probes: u32,
     /// Judge probes by their failure rate (resilience4j) rather than all succeeding.
     rate_rule: bool,
+    /// The longest the breaker stays half-open with every probe place taken.
+    max_wait_ms: u64,
 }
 
 /// The reference: a breaker written as plainly as possible, for one call at a time.
@@ -55,6 +68,9 @@ struct Model {
     probe_successes: u32,
     /// Under the rate rule: probes completed, failed and slow in this half-open phase.
     probes: (u64, u64, u64),
+    /// Probes of this half-open phase that never answer.
+    hung: u32,
+    half_open_until_ms: u64,
 }
 
 impl Model {
@@ -67,6 +83,8 @@ impl Model {
             reopens: 0,
             probe_successes: 0,
             probes: (0, 0, 0),
+            hung: 0,
+            half_open_until_ms: 0,
         }
     }
 
@@ -93,17 +111,59 @@ impl Model {
                 || (slow > 0 && slow * 10_000 >= self.cfg.slow_bp * calls))
     }
 
-    /// Returns whether the call was let through.
-    fn call(&mut self, now_ms: u64, kind: Kind, millis: u64) -> bool {
+    /// Moves an open breaker whose time is up to half-open; then decides admission. Returns
+    /// whether a call arriving now is let through.
+    fn admit(&mut self, now_ms: u64) -> bool {
         if self.state == CircuitState::Open && now_ms >= self.open_until_ms {
             self.state = CircuitState::HalfOpen;
             self.probe_successes = 0;
             self.probes = (0, 0, 0);
+            self.hung = 0;
+            self.half_open_until_ms = now_ms + self.cfg.max_wait_ms;
+        }
+        match self.state {
+            CircuitState::Open => false,
+            CircuitState::HalfOpen => {
+                let counted = if self.cfg.rate_rule {
+                    self.probes.0
+                } else {
+                    u64::from(self.probe_successes)
+                };
+                if u64::from(self.hung) + counted < u64::from(self.cfg.probes) {
+                    return true;
+                }
+                // Every place is taken (by probes that hang): past the maximum wait, the
+                // call that must be refused re-opens the breaker instead.
+                if now_ms >= self.half_open_until_ms {
+                    self.reopens += 1;
+                    self.open(now_ms);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// A call that never answers; returns whether it was let through.
+    fn hang(&mut self, now_ms: u64) -> bool {
+        if !self.admit(now_ms) {
+            return false;
+        }
+        if self.state == CircuitState::HalfOpen {
+            self.hung += 1;
+        }
+        true
+    }
+
+    /// Returns whether the call was let through.
+    fn call(&mut self, now_ms: u64, kind: Kind, millis: u64) -> bool {
+        if !self.admit(now_ms) {
+            return false;
         }
         let end = now_ms + millis;
         let slow = millis > self.cfg.slow_after_ms;
         match (self.state, kind) {
-            (CircuitState::Open, _) => return false,
+            (CircuitState::Open, _) => unreachable!("admitted while open"),
             (_, Kind::CallerFault) => {}
             (CircuitState::HalfOpen, kind) if self.cfg.rate_rule => {
                 let (completed, failed, slow_count) = &mut self.probes;
@@ -160,19 +220,23 @@ fn config() -> impl Strategy<Value = Config> {
         1u32..4,
         prop::sample::select(vec![1u32, 2, 3]),
         any::<bool>(),
+        prop::sample::select(vec![1_000u64, 5_000, 20_000]),
     )
         .prop_map(
-            |(window, minimum, failure_bp, slow_bp, probes, growth, rate_rule)| Config {
-                window,
-                minimum,
-                failure_bp,
-                slow_bp,
-                slow_after_ms: 1_000,
-                open_ms: 5_000,
-                growth,
-                cap_ms: 30_000,
-                probes,
-                rate_rule,
+            |(window, minimum, failure_bp, slow_bp, probes, growth, rate_rule, max_wait_ms)| {
+                Config {
+                    window,
+                    minimum,
+                    failure_bp,
+                    slow_bp,
+                    slow_after_ms: 1_000,
+                    open_ms: 5_000,
+                    growth,
+                    cap_ms: 30_000,
+                    probes,
+                    rate_rule,
+                    max_wait_ms,
+                }
             },
         )
 }
@@ -188,6 +252,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (kind, prop::sample::select(vec![0u64, 0, 400, 1_000, 1_001, 2_500]))
             .prop_map(|(kind, millis)| Op::Call { kind, millis }),
         1 => (0u64..12_000).prop_map(|millis| Op::Advance { millis }),
+        1 => Just(Op::Hang),
     ]
 }
 
@@ -208,6 +273,7 @@ fn run(cfg: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
             .open_duration(Duration::from_millis(cfg.open_ms))
             .open_duration_growth(f64::from(cfg.growth), Duration::from_millis(cfg.cap_ms))
             .half_open_probes(cfg.probes)
+            .half_open_max_wait(Duration::from_millis(cfg.max_wait_ms))
             .probe_rule(if cfg.rate_rule {
                 ProbeRule::FailureRate
             } else {
@@ -217,9 +283,29 @@ fn run(cfg: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let handle = layer.handle();
         let svc = layer.layer(backend(Arc::default()));
         let mut model = Model::new(cfg);
+        // Calls that never answer, kept alive so a probe among them holds its place.
+        let mut hanging = Vec::new();
         for (step, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Advance { millis } => tokio::time::advance(Duration::from_millis(millis)).await,
+                Op::Hang => {
+                    let now_ms = start.elapsed().as_millis() as u64;
+                    let expected = model.hang(now_ms);
+                    let mut call = Box::pin(svc.clone().oneshot(Call::Hang));
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                    let let_through = match polled {
+                        Poll::Pending => true,
+                        Poll::Ready(Err(e)) if e.kind() == ErrorKind::CircuitOpen => false,
+                        Poll::Ready(other) => {
+                            return Err(TestCaseError::fail(format!(
+                                "a hanging call answered: {other:?}"
+                            )));
+                        }
+                    };
+                    prop_assert_eq!(let_through, expected, "step {}: {:?}", step, op);
+                    hanging.push(call);
+                }
                 Op::Call { kind, millis } => {
                     let now_ms = start.elapsed().as_millis() as u64;
                     let expected = model.call(now_ms, kind, millis);
