@@ -10,11 +10,11 @@ mod support;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Call, backend};
+use support::{Call, Traced, backend};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
 use tower_inference::degrade::{DegradeLayer, Level};
@@ -28,40 +28,14 @@ use tower_inference::{CircuitState, ErrorKind, InferenceError, Scale};
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// Records the `setting` field of every warning.
-#[derive(Default, Clone)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Setting(Option<String>);
-        impl tracing::field::Visit for Setting {
-            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                if field.name() == "setting" {
-                    self.0 = Some(value.to_owned());
-                }
-            }
-        }
-        if *event.metadata().level() != tracing::Level::WARN {
-            return;
-        }
-        let mut setting = Setting(None);
-        event.record(&mut setting);
-        if let Some(name) = setting.0 {
-            self.0.lock().unwrap().push(name);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
+/// The settings named by the warnings `traced` recorded.
+fn warned(traced: &Traced) -> Vec<String> {
+    traced
+        .events()
+        .into_iter()
+        .filter(|e| e.level == tracing::Level::WARN)
+        .filter_map(|e| e.field("setting").map(str::to_owned))
+        .collect()
 }
 
 type Check = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -380,7 +354,7 @@ fn rows() -> Vec<Row> {
 async fn absurd_settings_never_panic_are_clamped_and_logged() {
     let mut failures = Vec::new();
     for row in rows() {
-        let warnings = Warnings::default();
+        let warnings = Traced::default();
         let _guard = tracing::subscriber::set_default(warnings.clone());
         // Spawned (on this thread: the runtime is current-thread) so a panic is caught and
         // named instead of ending the table.
@@ -390,7 +364,7 @@ async fn absurd_settings_never_panic_are_clamped_and_logged() {
             failures.push(format!("{}: panicked ({e})", row.name));
             continue;
         }
-        let seen = warnings.0.lock().unwrap().clone();
+        let seen = warned(&warnings);
         for setting in row.settings {
             if !seen.iter().any(|s| s == setting) {
                 failures.push(format!(
@@ -403,7 +377,7 @@ async fn absurd_settings_never_panic_are_clamped_and_logged() {
     assert!(failures.is_empty(), "{failures:#?}");
 
     // Values in range are not logged.
-    let warnings = Warnings::default();
+    let warnings = Traced::default();
     tracing::subscriber::with_default(warnings.clone(), || {
         let _ = BreakerLayer::builder()
             .count_window(10)
@@ -416,5 +390,5 @@ async fn absurd_settings_never_panic_are_clamped_and_logged() {
         let _ = RetryBudget::new(10 * SEC, 1, 0.1);
         let _ = ErrorMetrics::with_settings(3.0, 0.9, 32);
     });
-    assert_eq!(*warnings.0.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(warned(&warnings), Vec::<String>::new());
 }

@@ -94,3 +94,66 @@ pub fn backend(
         }
     })
 }
+
+/// One `tracing` event as a [`Traced`] subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct TracedEvent {
+    pub level: tracing::Level,
+    pub target: String,
+    /// The fields, as `(name, value)`; strings as they are, other values in `Debug` form.
+    pub fields: Vec<(String, String)>,
+}
+
+impl TracedEvent {
+    /// The value of the field `name`, if the event has it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A tracing subscriber that records every event. Use it in a test binary of its own:
+/// tracing caches per-callsite interest process-wide, so a scoped subscriber must not race
+/// other tests that hit the same callsites.
+#[derive(Default, Clone)]
+pub struct Traced(pub Arc<std::sync::Mutex<Vec<TracedEvent>>>);
+
+impl Traced {
+    /// The events recorded so far.
+    pub fn events(&self) -> Vec<TracedEvent> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl tracing::Subscriber for Traced {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Visit(Vec<(String, String)>);
+        impl tracing::field::Visit for Visit {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name().to_owned(), format!("{value:?}")));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push((field.name().to_owned(), value.to_owned()));
+            }
+        }
+        let mut visit = Visit(Vec::new());
+        event.record(&mut visit);
+        self.0.lock().unwrap().push(TracedEvent {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            fields: visit.0,
+        });
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
