@@ -172,15 +172,36 @@ impl ClassifyError for tower::BoxError {
     /// `Overloaded` is overloaded, an I/O `TimedOut` is a timeout. Anything else is
     /// [`ErrorKind::Infrastructure`].
     fn outcome(&self) -> Outcome {
-        let mut current: Option<&(dyn StdError + 'static)> = Some(self.as_ref());
-        while let Some(err) = current {
-            if let Some(outcome) = known_outcome(err) {
-                return outcome;
-            }
-            current = err.source();
-        }
-        Outcome::failure(ErrorKind::Infrastructure)
+        outcome_of(self.as_ref())
     }
+}
+
+/// The outcome of any error, by the rules of the `BoxError` impl: the first error of the
+/// `source()` chain that is known decides; anything else is an infrastructure failure.
+pub(crate) fn outcome_of(err: &(dyn StdError + 'static)) -> Outcome {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(outcome) = known_outcome(err) {
+            return outcome;
+        }
+        current = err.source();
+    }
+    Outcome::failure(ErrorKind::Infrastructure)
+}
+
+/// The first [`InferenceError`] in `err`'s `source()` chain, `err` included.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn find_inference_error<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a InferenceError> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<InferenceError>() {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
 }
 
 fn known_outcome(err: &(dyn StdError + 'static)) -> Option<Outcome> {

@@ -95,8 +95,9 @@
 //!
 //! - `mock`: [`mock::MockGpu`], a realistic GPU-backed model service, and
 //!   [`mock::ChaosLayer`], fault injection for any service.
-//! - `http`: `HttpClassifier`, [`Annotate`] for `http::Response`, and
-//!   `health::HealthService`.
+//! - `http`: `HttpClassifier`, [`Annotate`] for `http::Response`,
+//!   `health::HealthService`, and the `server` module: errors as HTTP responses (in this
+//!   crate's shape or OpenAI's), provenance as headers, correlation ids.
 //! - `redis`: `fallback::RedisStore`, a cache of last-good answers shared by replicas.
 //!
 //! # Reuse of tower
@@ -131,6 +132,9 @@ pub mod provenance;
 pub mod retry;
 mod ring;
 mod rng;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod server;
 mod setting;
 pub mod stack;
 mod stripe;
