@@ -3,7 +3,10 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use tower_inference::{ErrorBody, ErrorKind, InferenceError, ModelFailure, TierFailure};
+mod support;
+
+use support::one_of_each;
+use tower_inference::{ErrorBody, ErrorKind, InferenceError};
 
 #[test]
 fn taxonomy_table() {
@@ -50,43 +53,6 @@ fn taxonomy_table() {
         assert_eq!(json, format!("\"{code}\""));
         assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
     }
-}
-
-fn one_of_each() -> Vec<InferenceError> {
-    vec![
-        InferenceError::invalid_input("the prompt must not be empty"),
-        InferenceError::ContextLengthExceeded {
-            input: 5000,
-            max: 4096,
-        },
-        InferenceError::ModelNotReady {
-            retry_after: Some(Duration::from_millis(1500)),
-        },
-        InferenceError::Timeout {
-            after: Duration::from_secs(30),
-        },
-        InferenceError::OutOfMemory {
-            used_mib: 23_000,
-            available_mib: 512,
-        },
-        InferenceError::ModelFailure {
-            failure: ModelFailure::NanOutput,
-        },
-        InferenceError::infrastructure(),
-        InferenceError::Overloaded {
-            queue_depth: 12,
-            retry_after: Some(Duration::from_secs(2)),
-        },
-        InferenceError::CircuitOpen {
-            retry_in: Duration::from_secs(30),
-        },
-        InferenceError::Exhausted {
-            tiers: vec![
-                TierFailure::new("primary", ErrorKind::Timeout),
-                TierFailure::new("light", ErrorKind::CircuitOpen),
-            ],
-        },
-    ]
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! alone and around the whole stack, spawned on a multi-thread runtime.
 #![cfg(all(feature = "http", feature = "mock"))]
 
+mod support;
+
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -14,7 +16,7 @@ use tower_inference::server::{
     error_response,
 };
 use tower_inference::stack::InferenceStack;
-use tower_inference::{ErrorKind, InferenceError, ModelFailure, TierFailure};
+use tower_inference::{ErrorKind, InferenceError, ModelFailure};
 
 const SECRET: &str = "connect to 10.1.2.3:8000 failed (api_key=sk-live-123)";
 
@@ -22,38 +24,15 @@ fn json(res: &Response<String>) -> Value {
     serde_json::from_str(res.body()).expect("a JSON body")
 }
 
+/// One error of each kind, the infrastructure one holding a secret in its source.
 fn every_error() -> Vec<InferenceError> {
-    vec![
-        InferenceError::invalid_input("max_tokens must be at least 1"),
-        InferenceError::ContextLengthExceeded {
-            input: 9_000,
-            max: 8_192,
-        },
-        InferenceError::ModelNotReady {
-            retry_after: Some(Duration::from_millis(2_500)),
-        },
-        InferenceError::Timeout {
-            after: Duration::from_secs(30),
-        },
-        InferenceError::OutOfMemory {
-            used_mib: 23_000,
-            available_mib: 100,
-        },
-        InferenceError::ModelFailure {
-            failure: ModelFailure::NanOutput,
-        },
-        InferenceError::infrastructure_with_source(std::io::Error::other(SECRET)),
-        InferenceError::Overloaded {
-            queue_depth: 12,
-            retry_after: None,
-        },
-        InferenceError::CircuitOpen {
-            retry_in: Duration::MAX,
-        },
-        InferenceError::Exhausted {
-            tiers: vec![TierFailure::new("primary", ErrorKind::Timeout)],
-        },
-    ]
+    let mut errors = support::one_of_each();
+    for err in &mut errors {
+        if err.kind() == ErrorKind::Infrastructure {
+            *err = InferenceError::infrastructure_with_source(std::io::Error::other(SECRET));
+        }
+    }
+    errors
 }
 
 #[test]

@@ -157,3 +157,41 @@ impl tracing::Subscriber for Traced {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// One error of each kind, in `ErrorKind::ALL`'s order.
+pub fn one_of_each() -> Vec<InferenceError> {
+    vec![
+        InferenceError::invalid_input("the prompt must not be empty"),
+        InferenceError::ContextLengthExceeded {
+            input: 5000,
+            max: 4096,
+        },
+        InferenceError::ModelNotReady {
+            retry_after: Some(Duration::from_millis(1500)),
+        },
+        InferenceError::Timeout {
+            after: Duration::from_secs(30),
+        },
+        InferenceError::OutOfMemory {
+            used_mib: 23_000,
+            available_mib: 512,
+        },
+        InferenceError::ModelFailure {
+            failure: tower_inference::ModelFailure::NanOutput,
+        },
+        InferenceError::infrastructure(),
+        InferenceError::Overloaded {
+            queue_depth: 12,
+            retry_after: Some(Duration::from_secs(2)),
+        },
+        InferenceError::CircuitOpen {
+            retry_in: Duration::from_secs(30),
+        },
+        InferenceError::Exhausted {
+            tiers: vec![
+                tower_inference::TierFailure::new("primary", ErrorKind::Timeout),
+                tower_inference::TierFailure::new("light", ErrorKind::CircuitOpen),
+            ],
+        },
+    ]
+}
