@@ -51,16 +51,8 @@ impl Scale {
 
     /// A scale with the given factors, clamped to their valid ranges.
     pub fn new(quality: f64, speed: f64) -> Self {
-        let quality = if quality.is_nan() {
-            setting::share("scale quality", quality, 1.0)
-        } else {
-            setting::clamp("scale quality", quality, 0.01, 1.0)
-        };
-        let speed = if speed.is_nan() {
-            setting::factor("scale speed", speed, 1.0, 1.0)
-        } else {
-            setting::clamp("scale speed", speed, 1.0, 1000.0)
-        };
+        let quality = setting::within("scale quality", quality, 0.01, 1.0, 1.0);
+        let speed = setting::within("scale speed", speed, 1.0, 1000.0, 1.0);
         Scale { quality, speed }
     }
 

@@ -51,13 +51,18 @@ pub(crate) fn at_least<T: PartialOrd + Copy + Debug>(setting: &'static str, valu
     }
 }
 
-/// A share in `[0, 1]`: clamped, and NaN taken as `default`; logged when adjusted.
-pub(crate) fn share(setting: &'static str, value: f64, default: f64) -> f64 {
+/// A number in `lo..=hi`: clamped, and NaN taken as `default`; logged when adjusted.
+pub(crate) fn within(setting: &'static str, value: f64, lo: f64, hi: f64, default: f64) -> f64 {
     if value.is_nan() {
         warn(setting, &value, &default);
         return default;
     }
-    clamp(setting, value, 0.0, 1.0)
+    clamp(setting, value, lo, hi)
+}
+
+/// A share in `[0, 1]`: clamped, and NaN taken as `default`; logged when adjusted.
+pub(crate) fn share(setting: &'static str, value: f64, default: f64) -> f64 {
+    within(setting, value, 0.0, 1.0, default)
 }
 
 /// A finite factor of at least `lo`: NaN and infinities taken as `default`, smaller values

@@ -116,16 +116,13 @@ impl DegradeBuilder {
             target,
             Duration::from_millis(1),
         ));
-        self.alpha = if alpha.is_nan() {
-            setting::share("degrade.latency_target alpha", alpha, 0.2)
-        } else {
-            setting::clamp(
-                "degrade.latency_target alpha",
-                alpha,
-                f64::MIN_POSITIVE,
-                1.0,
-            )
-        };
+        self.alpha = setting::within(
+            "degrade.latency_target alpha",
+            alpha,
+            f64::MIN_POSITIVE,
+            1.0,
+            0.2,
+        );
         self
     }
 

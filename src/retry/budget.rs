@@ -100,11 +100,13 @@ impl RetryBudget {
             Duration::from_secs(1),
             Duration::from_secs(60),
         );
-        let retry_percent = if retry_percent.is_nan() {
-            setting::factor("retry_budget.retry_percent", retry_percent, 0.0, 0.2)
-        } else {
-            setting::clamp("retry_budget.retry_percent", retry_percent, 0.0, 1000.0)
-        };
+        let retry_percent = setting::within(
+            "retry_budget.retry_percent",
+            retry_percent,
+            0.0,
+            1000.0,
+            0.2,
+        );
         RetryBudget::unchecked(ttl, min_per_sec, retry_percent)
     }
 

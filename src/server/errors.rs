@@ -48,10 +48,24 @@ pub enum ErrorShape {
 /// that kind's generic message. The text of an error that is not an `InferenceError` never
 /// reaches the body.
 pub fn error_body(err: &(dyn StdError + 'static)) -> ErrorBody {
-    if let Some(err) = find_inference_error(err) {
+    body_of(classified(err))
+}
+
+/// The [`InferenceError`] in `err`'s chain, if any, and the error's kind.
+fn classified<'a>(err: &'a (dyn StdError + 'static)) -> (Option<&'a InferenceError>, ErrorKind) {
+    match find_inference_error(err) {
+        Some(found) => (Some(found), found.kind()),
+        None => (
+            None,
+            outcome_of(err).kind().unwrap_or(ErrorKind::Infrastructure),
+        ),
+    }
+}
+
+fn body_of((found, kind): (Option<&InferenceError>, ErrorKind)) -> ErrorBody {
+    if let Some(err) = found {
         return err.to_body();
     }
-    let kind = outcome_of(err).kind().unwrap_or(ErrorKind::Infrastructure);
     let message = match kind {
         ErrorKind::Timeout => "the model did not answer in time; retry, or ask for fewer tokens",
         ErrorKind::Overloaded => "the model is overloaded; retry later",
@@ -90,13 +104,10 @@ pub fn error_response<B: From<String>>(
     shape: ErrorShape,
     correlation_id: Option<&str>,
 ) -> Response<B> {
-    let mut body = error_body(err);
+    let (found, kind) = classified(err);
+    let retry_after = found.and_then(InferenceError::retry_after);
+    let mut body = body_of((found, kind));
     body.correlation_id = correlation_id.map(str::to_owned);
-    let kind = find_inference_error(err)
-        .map(InferenceError::kind)
-        .or_else(|| outcome_of(err).kind())
-        .unwrap_or(ErrorKind::Infrastructure);
-    let retry_after = find_inference_error(err).and_then(InferenceError::retry_after);
     let json = match shape {
         ErrorShape::Native => serde_json::to_string(&body),
         ErrorShape::OpenAi => serde_json::to_string(&serde_json::json!({
