@@ -194,9 +194,16 @@ pub(crate) fn outcome_of(err: &(dyn StdError + 'static)) -> Outcome {
 pub(crate) fn find_inference_error<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> Option<&'a InferenceError> {
+    find_in_chain(err)
+}
+
+/// The first `T` in `err`'s `source()` chain, `err` included.
+pub(crate) fn find_in_chain<'a, T: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
     let mut current = Some(err);
     while let Some(err) = current {
-        if let Some(found) = err.downcast_ref::<InferenceError>() {
+        if let Some(found) = err.downcast_ref::<T>() {
             return Some(found);
         }
         current = err.source();

@@ -97,7 +97,11 @@
 //!   [`mock::ChaosLayer`], fault injection for any service.
 //! - `http`: `HttpClassifier`, [`Annotate`] for `http::Response`,
 //!   `health::HealthService`, and the `server` module: errors as HTTP responses (in this
-//!   crate's shape or OpenAI's), provenance as headers, correlation ids.
+//!   crate's shape or OpenAI's), provenance as headers, correlation ids, and
+//!   `server::JsonEndpoint`, which serves a typed stack over HTTP.
+//! - `openai`: `openai`, OpenAI-compatible request and response types for
+//!   `/v1/chat/completions` and `/v1/completions` that the stack can degrade and annotate
+//!   (with `mock`, the mock GPU serves them too).
 //! - `redis`: `fallback::RedisStore`, a cache of last-good answers shared by replicas.
 //!
 //! # Reuse of tower
@@ -127,6 +131,9 @@ pub mod event;
 pub mod fallback;
 pub mod health;
 pub mod metrics;
+#[cfg(feature = "openai")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
+pub mod openai;
 pub mod params;
 pub mod provenance;
 pub mod retry;

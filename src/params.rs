@@ -104,7 +104,7 @@ impl Degrade for GenerationParams {
 }
 
 /// `value × factor`, rounded, but never below `floor` and never above `value`.
-fn shrink(value: u32, factor: f64, floor: u32) -> u32 {
+pub(crate) fn shrink(value: u32, factor: f64, floor: u32) -> u32 {
     let scaled = (f64::from(value) * factor).round() as u32;
     scaled.max(floor).min(value)
 }

@@ -51,9 +51,14 @@
 mod chaos;
 mod gpu;
 mod handle;
+#[cfg(feature = "openai")]
+mod openai;
 mod types;
 
 pub use self::chaos::{Chaos, ChaosBuilder, ChaosFuture, ChaosHandle, ChaosLayer};
 pub use self::gpu::{MockGpu, MockGpuBuilder, MockGpuFuture};
 pub use self::handle::{MockGpuHandle, MockGpuStats};
+#[cfg(feature = "openai")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
+pub use self::openai::{MockOpenAiFuture, OpenAiGpu};
 pub use self::types::{Completion, InferenceRequest};

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use std::time::Duration;
+
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::BoxError;
@@ -15,7 +17,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::correlation::{CorrelationId, REQUEST_ID};
-use crate::classify::{find_inference_error, outcome_of};
+use super::endpoint::RequestError;
+use crate::classify::{find_in_chain, find_inference_error, outcome_of};
 use crate::error::{ErrorBody, ErrorKind, InferenceError, ceil_secs};
 
 /// `retry-after-ms`: the retry delay in milliseconds, which OpenAI's SDKs read before
@@ -42,42 +45,114 @@ pub enum ErrorShape {
 /// The caller-facing body of any error the stack produces, without a correlation id.
 ///
 /// An [`InferenceError`] anywhere in the error's `source()` chain gives its own body
-/// ([`InferenceError::to_body`]); otherwise the error is classified as the
-/// [`DefaultClassifier`](crate::DefaultClassifier) does (tower's `Elapsed` is a timeout,
-/// tower's `Overloaded` is overloaded, anything else infrastructure) and the body holds only
-/// that kind's generic message. The text of an error that is not an `InferenceError` never
-/// reaches the body.
+/// ([`InferenceError::to_body`]), and so does a [`RequestError`]; otherwise the error is
+/// classified as the [`DefaultClassifier`](crate::DefaultClassifier) does (tower's `Elapsed`
+/// is a timeout, tower's `Overloaded` is overloaded, anything else infrastructure) and the
+/// body holds only that kind's generic message. The text of any other error never reaches
+/// the body.
 pub fn error_body(err: &(dyn StdError + 'static)) -> ErrorBody {
-    body_of(classified(err))
+    Found::of(err).body()
 }
 
-/// The [`InferenceError`] in `err`'s chain, if any, and the error's kind.
-fn classified<'a>(err: &'a (dyn StdError + 'static)) -> (Option<&'a InferenceError>, ErrorKind) {
-    match find_inference_error(err) {
-        Some(found) => (Some(found), found.kind()),
-        None => (
-            None,
-            outcome_of(err).kind().unwrap_or(ErrorKind::Infrastructure),
-        ),
-    }
+/// What an error is, as far as its answer goes.
+enum Found<'a> {
+    /// A request the route could not take.
+    Request(&'a RequestError),
+    /// An inference error in the chain.
+    Inference(&'a InferenceError),
+    /// Anything else, classified.
+    Other(ErrorKind),
 }
 
-fn body_of((found, kind): (Option<&InferenceError>, ErrorKind)) -> ErrorBody {
-    if let Some(err) = found {
-        return err.to_body();
+impl<'a> Found<'a> {
+    fn of(err: &'a (dyn StdError + 'static)) -> Self {
+        if let Some(found) = find_in_chain::<RequestError>(err) {
+            return Found::Request(found);
+        }
+        match find_inference_error(err) {
+            Some(found) => Found::Inference(found),
+            None => Found::Other(outcome_of(err).kind().unwrap_or(ErrorKind::Infrastructure)),
+        }
     }
-    let message = match kind {
-        ErrorKind::Timeout => "the model did not answer in time; retry, or ask for fewer tokens",
-        ErrorKind::Overloaded => "the model is overloaded; retry later",
-        _ => "the inference backend is unavailable; retry later",
-    };
-    ErrorBody {
-        message: message.to_owned(),
-        code: kind.code().into(),
-        retryable: kind.is_retryable(),
-        details: Default::default(),
-        correlation_id: None,
-        retry_after_secs: None,
+
+    fn body(&self) -> ErrorBody {
+        let (message, code, retryable) = match self {
+            Found::Inference(err) => return err.to_body(),
+            Found::Request(err) => {
+                let mut body = ErrorBody {
+                    message: err.to_string(),
+                    code: err.code().into(),
+                    retryable: false,
+                    details: Default::default(),
+                    correlation_id: None,
+                    retry_after_secs: None,
+                };
+                if let RequestError::PayloadTooLarge { limit } = err {
+                    body.details
+                        .insert("limit_bytes".to_owned(), (*limit).into());
+                }
+                return body;
+            }
+            Found::Other(kind) => (
+                match kind {
+                    ErrorKind::Timeout => {
+                        "the model did not answer in time; retry, or ask for fewer tokens"
+                    }
+                    ErrorKind::Overloaded => "the model is overloaded; retry later",
+                    _ => "the inference backend is unavailable; retry later",
+                },
+                kind.code(),
+                kind.is_retryable(),
+            ),
+        };
+        ErrorBody {
+            message: message.to_owned(),
+            code: code.into(),
+            retryable,
+            details: Default::default(),
+            correlation_id: None,
+            retry_after_secs: None,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        let code = match self {
+            Found::Request(err) => return err.status(),
+            Found::Inference(err) => err.kind().http_status(),
+            Found::Other(kind) => kind.http_status(),
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Found::Inference(err) => err.retry_after(),
+            _ => None,
+        }
+    }
+
+    fn should_retry(&self) -> bool {
+        match self {
+            Found::Request(_) => false,
+            Found::Inference(err) => err.kind().is_retryable() || err.retry_after().is_some(),
+            Found::Other(kind) => kind.is_retryable(),
+        }
+    }
+
+    /// OpenAI's error `type`.
+    fn openai_type(&self) -> &'static str {
+        let kind = match self {
+            Found::Request(_) => return "invalid_request_error",
+            Found::Inference(err) => err.kind(),
+            Found::Other(kind) => *kind,
+        };
+        if kind.is_caller_fault() {
+            "invalid_request_error"
+        } else if kind == ErrorKind::Overloaded {
+            "rate_limit_error"
+        } else {
+            "server_error"
+        }
     }
 }
 
@@ -104,16 +179,16 @@ pub fn error_response<B: From<String>>(
     shape: ErrorShape,
     correlation_id: Option<&str>,
 ) -> Response<B> {
-    let (found, kind) = classified(err);
-    let retry_after = found.and_then(InferenceError::retry_after);
-    let mut body = body_of((found, kind));
+    let found = Found::of(err);
+    let retry_after = found.retry_after();
+    let mut body = found.body();
     body.correlation_id = correlation_id.map(str::to_owned);
     let json = match shape {
         ErrorShape::Native => serde_json::to_string(&body),
         ErrorShape::OpenAi => serde_json::to_string(&serde_json::json!({
             "error": {
                 "message": body.message,
-                "type": openai_type(kind),
+                "type": found.openai_type(),
                 "param": null,
                 "code": body.code,
                 "correlation_id": body.correlation_id,
@@ -123,8 +198,7 @@ pub fn error_response<B: From<String>>(
     // Serializing strings, numbers and maps of them cannot fail.
     .unwrap_or_default();
     let mut res = Response::new(B::from(json));
-    *res.status_mut() =
-        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *res.status_mut() = found.status();
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(after) = retry_after {
@@ -132,25 +206,21 @@ pub fn error_response<B: From<String>>(
         let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         headers.insert(RETRY_AFTER_MS, HeaderValue::from(ms));
     }
-    let should_retry = kind.is_retryable() || retry_after.is_some();
+    if let Found::Request(RequestError::MethodNotAllowed { allow }) = found {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
     headers.insert(
         SHOULD_RETRY,
-        HeaderValue::from_static(if should_retry { "true" } else { "false" }),
+        HeaderValue::from_static(if found.should_retry() {
+            "true"
+        } else {
+            "false"
+        }),
     );
     if let Some(value) = correlation_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         headers.insert(REQUEST_ID, value);
     }
     res
-}
-
-fn openai_type(kind: ErrorKind) -> &'static str {
-    if kind.is_caller_fault() {
-        "invalid_request_error"
-    } else if kind == ErrorKind::Overloaded {
-        "rate_limit_error"
-    } else {
-        "server_error"
-    }
 }
 
 /// Turns every error of the service below into a response ([`error_response`]), with the

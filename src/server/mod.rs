@@ -50,12 +50,14 @@
 //! ```
 
 mod correlation;
+mod endpoint;
 mod errors;
 mod headers;
 
 pub use self::correlation::{
     CORRELATION_ID, Correlation, CorrelationFuture, CorrelationId, CorrelationLayer, REQUEST_ID,
 };
+pub use self::endpoint::{DEFAULT_BODY_LIMIT, JsonEndpoint, JsonEndpointFuture, RequestError};
 pub use self::errors::{
     ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorShape, RETRY_AFTER_MS,
     SHOULD_RETRY, error_body, error_response,
