@@ -92,6 +92,14 @@ fn retry_headers_say_when_and_whether() {
     assert_eq!(res.headers()["x-should-retry"], "true");
     assert!(res.headers().get("x-request-id").is_none());
 
+    // Milliseconds round up too: a client that waits what it is told is never early.
+    let almost = InferenceError::ModelNotReady {
+        retry_after: Some(Duration::from_micros(1_499_001)),
+    };
+    let res: Response<String> = error_response(&almost, ErrorShape::Native, None);
+    assert_eq!(res.headers()["retry-after-ms"], "1500");
+    assert_eq!(res.headers()["retry-after"], "2");
+
     // An open breaker is not retryable at once, but its wait is known: retry after it.
     let open = InferenceError::CircuitOpen {
         retry_in: Duration::MAX,

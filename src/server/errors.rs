@@ -157,7 +157,7 @@ impl<'a> Found<'a> {
 }
 
 /// Any error the stack produces as a response: the kind's status, a JSON body of `shape`
-/// holding `correlation_id`, `Retry-After` (seconds, rounded up) and `retry-after-ms` when
+/// holding `correlation_id`, `Retry-After` (seconds) and `retry-after-ms` (both rounded up) when
 /// the error says when to retry, `x-should-retry`, and `x-request-id`.
 ///
 /// The body never holds the text of a source error (see [`error_body`]); log `err` for that.
@@ -203,7 +203,8 @@ pub fn error_response<B: From<String>>(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(after) = retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        // Rounded up, like the seconds: a client that waits what it is told is never early.
+        let ms = u64::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         headers.insert(RETRY_AFTER_MS, HeaderValue::from(ms));
     }
     if let Found::Request(RequestError::MethodNotAllowed { allow }) = found {
