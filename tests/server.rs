@@ -12,8 +12,8 @@ use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
 use tower_inference::fallback::FallbackLayer;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
 use tower_inference::server::{
-    CorrelationId, CorrelationLayer, ErrorResponseLayer, ErrorShape, ProvenanceHeadersLayer,
-    error_response,
+    CorrelationId, CorrelationLayer, ErrorResponseLayer, ErrorShape, JsonEndpoint,
+    ProvenanceHeadersLayer, RequestError, error_response,
 };
 use tower_inference::stack::InferenceStack;
 use tower_inference::{ErrorKind, InferenceError, ModelFailure};
@@ -352,4 +352,159 @@ async fn a_service_that_fails_to_get_ready_is_answered_not_dropped() {
     assert_eq!(json(&res)["code"], "infrastructure");
     assert_eq!(json(&res)["correlation_id"], "drill-1");
     assert!(!res.body().contains("sk-live"));
+}
+
+/// A request body sent in `chunks` chunks of `size` bytes with no length known in advance,
+/// which ends with an error when `broken`.
+struct Chunked {
+    chunks: usize,
+    size: usize,
+    broken: bool,
+}
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if self.chunks == 0 {
+            return std::task::Poll::Ready(
+                self.broken
+                    .then(|| Err(std::io::Error::other("connection reset by 10.9.9.9"))),
+            );
+        }
+        self.chunks -= 1;
+        let chunk = bytes::Bytes::from(vec![b' '; self.size]);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+fn echo_endpoint() -> impl tower::Service<
+    Request<Chunked>,
+    Response = Response<String>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone {
+    let echo =
+        service_fn(
+            |v: Value| async move { Ok::<_, InferenceError>(tower_inference::Served::new(v)) },
+        );
+    ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new(ErrorShape::Native))
+        .service(JsonEndpoint::new(echo).body_limit(1_000))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_a_length_is_limited_while_it_is_read() {
+    let req = |chunks, broken| {
+        Request::post("/")
+            .body(Chunked {
+                chunks,
+                size: 100,
+                broken,
+            })
+            .unwrap()
+    };
+    // 2 000 bytes, no content-length: refused once 1 000 have been read.
+    let res = tokio::spawn(echo_endpoint().oneshot(req(20, false)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(&res)["code"], "payload_too_large");
+    assert_eq!(json(&res)["details"]["limit_bytes"], 1_000);
+
+    // A body that breaks off is the caller's problem, said without the transport's words.
+    let res = echo_endpoint().oneshot(req(2, true)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(&res)["code"], "body_unreadable");
+    assert!(!res.body().contains("10.9.9.9"));
+
+    // Within the limit, whitespace only: not JSON.
+    let res = echo_endpoint().oneshot(req(2, false)).await.unwrap();
+    assert_eq!(json(&res)["code"], "malformed_json");
+}
+
+#[tokio::test]
+async fn json_is_recognised_by_its_media_type() {
+    let app = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new(ErrorShape::OpenAi))
+        .service(JsonEndpoint::new(service_fn(|v: Value| async move {
+            Ok::<_, InferenceError>(tower_inference::Served::new(v))
+        })));
+    for (content_type, ok) in [
+        (Some("application/json"), true),
+        (Some("Application/JSON; charset=utf-8"), true),
+        (Some("application/vnd.api+json"), true),
+        (None, true),
+        (Some("text/plain"), false),
+        (Some("application/x-www-form-urlencoded"), false),
+        (Some("json"), false),
+    ] {
+        let mut req = Request::post("/").body(r#"{"a":1}"#.to_owned()).unwrap();
+        if let Some(value) = content_type {
+            req.headers_mut()
+                .insert("content-type", value.parse().unwrap());
+        }
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status() == 200, ok, "{content_type:?}: {}", res.body());
+        if !ok {
+            assert_eq!(res.status(), 400);
+            assert_eq!(json(&res)["error"]["code"], "not_json");
+        }
+    }
+}
+
+#[test]
+fn request_errors_answer_with_their_status_code_and_allow() {
+    let cases = [
+        (RequestError::NotFound, 404, "not_found"),
+        (
+            RequestError::MethodNotAllowed { allow: "GET, HEAD" },
+            405,
+            "method_not_allowed",
+        ),
+        (
+            RequestError::PayloadTooLarge { limit: 10 },
+            413,
+            "payload_too_large",
+        ),
+        (RequestError::NotJson, 400, "not_json"),
+        (
+            RequestError::MalformedJson {
+                reason: "expected value at line 1 column 1".into(),
+            },
+            400,
+            "malformed_json",
+        ),
+        (RequestError::BodyUnreadable, 400, "body_unreadable"),
+    ];
+    for (err, status, code) in cases {
+        for shape in [ErrorShape::Native, ErrorShape::OpenAi] {
+            // Boxed, as a service's `BoxError` carries it.
+            let boxed: BoxError = err.clone().into();
+            let res: Response<String> = error_response(boxed.as_ref(), shape, Some("r-1"));
+            assert_eq!(res.status(), status, "{err:?}");
+            assert_eq!(res.headers()["x-should-retry"], "false");
+            let body = json(&res);
+            let body = if shape == ErrorShape::OpenAi {
+                assert_eq!(body["error"]["type"], "invalid_request_error");
+                body["error"].clone()
+            } else {
+                body
+            };
+            assert_eq!(body["code"], code);
+            assert_eq!(body["message"], err.to_string());
+            assert_eq!(body["correlation_id"], "r-1");
+        }
+    }
+    let res: Response<String> = error_response(
+        &RequestError::MethodNotAllowed { allow: "GET, HEAD" },
+        ErrorShape::Native,
+        None,
+    );
+    assert_eq!(res.headers()["allow"], "GET, HEAD");
 }
