@@ -20,6 +20,19 @@
 //! - [`ProvenanceHeadersLayer`] writes the answer's [`Provenance`](crate::Provenance) as
 //!   `x-inference-*` headers ([`write_provenance`] lists them).
 //!
+//! [`JsonEndpoint`] serves a typed service (such as the stack over the OpenAI types of the
+//! `openai` feature) as the handler: it reads and limits the body, parses the JSON, answers
+//! with JSON and provenance headers, and fails with a [`RequestError`] that the error layer
+//! answers like any other error (404, 405, 413 and 400 as JSON with the correlation id).
+//!
+//! **Where tower-http fits.** Its `TraceLayer` goes well inside [`CorrelationLayer`] (its
+//! spans then nest in the request's span; `examples/gateway.rs` does this), and its
+//! compression, CORS and timeout layers compose as usual. Two of its parts are not reused,
+//! for a reason: `SetRequestIdLayer` / `PropagateRequestIdLayer` handle one header, where
+//! [`CorrelationLayer`] also takes `x-correlation-id`, refuses unsafe ids and opens the
+//! `tracing` span; and `RequestBodyLimitLayer` answers 413 with a plain-text body, where
+//! [`JsonEndpoint`]'s limit is an error like any other, with the same JSON body and id.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
