@@ -467,3 +467,54 @@ async fn shutdown_lets_requests_in_flight_finish() {
     // And the listener is closed.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallback_an_overloaded_primary_is_a_429_with_retry_after() {
+    let gw = start(Config {
+        fallback: false,
+        ..loaded()
+    })
+    .await;
+    // Calls that never finish fill the primary's 32 slots and the 128 places of its queue.
+    gw.gateway.primary.set_hang_rate(1.0);
+    let hung: Vec<_> = (0..160)
+        .map(|i| {
+            let req = Request::post(gw.uri("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(chat(&format!("question {i}")).to_string())
+                .unwrap();
+            tokio::spawn(gw.client.request(req))
+        })
+        .collect();
+    let full = async {
+        loop {
+            let stats = gw.gateway.primary.stats();
+            if stats.in_flight == 32 && stats.queued == 128 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), full)
+        .await
+        .expect("the primary filled up");
+
+    let answer = gw.chat("one more").await;
+    assert_eq!(answer.status(), 429, "{}", answer.body);
+    let error = &answer.json()["error"];
+    assert_eq!(error["code"], "overloaded");
+    assert_eq!(error["type"], "rate_limit_error");
+    // The mock asks for a second, longer than the gateway holds a request: the caller is told.
+    assert_eq!(answer.header("retry-after"), "1");
+    assert_eq!(answer.header("retry-after-ms"), "1000");
+    assert_eq!(answer.header("x-should-retry"), "true");
+
+    // The callers give up: their calls are dropped, and with them the primary's places.
+    for call in hung {
+        call.abort();
+    }
+    let primary = gw.gateway.primary.clone();
+    gw.stop().await;
+    let stats = primary.stats();
+    assert_eq!((stats.in_flight, stats.queued), (0, 0));
+}
