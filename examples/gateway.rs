@@ -245,52 +245,38 @@ impl Gateway {
             .error_rate(0.0)
             .build();
 
-        let chat = {
-            let stack = stack!(&metrics, "chat").fallback(if config.fallback {
-                FallbackLayer::builder()
-                    .tier(LIGHT, Quality::Reduced, light.chat())
-                    .cache(
-                        MemoryStore::new(10_000),
-                        ChatCompletionRequest::cache_key,
-                        Duration::from_secs(600),
-                    )
-                    .static_default(|_: &ChatCompletionRequest| {
-                        ChatCompletionResponse::from_text("static", STATIC_REPLY)
-                    })
-            } else {
-                FallbackLayer::builder()
-            });
-            let svc = ServiceBuilder::new()
-                .layer(stack.build())
-                .layer(&chaos)
-                .service(primary.chat());
-            JsonEndpoint::new(svc)
-                .body_limit(config.body_limit)
-                .check(ChatCompletionRequest::validate)
-        };
-        let completions = {
-            let stack = stack!(&metrics, "completions").fallback(if config.fallback {
-                FallbackLayer::builder()
-                    .tier(LIGHT, Quality::Reduced, light.completions())
-                    .cache(
-                        MemoryStore::new(10_000),
-                        CompletionRequest::cache_key,
-                        Duration::from_secs(600),
-                    )
-                    .static_default(|_: &CompletionRequest| {
-                        CompletionResponse::from_text("static", STATIC_REPLY)
-                    })
-            } else {
-                FallbackLayer::builder()
-            });
-            let svc = ServiceBuilder::new()
-                .layer(stack.build())
-                .layer(&chaos)
-                .service(primary.completions());
-            JsonEndpoint::new(svc)
-                .body_limit(config.body_limit)
-                .check(CompletionRequest::validate)
-        };
+        // One route: its stack, with the fallback tiers for its request and response types,
+        // over the chaos layer and the primary, served as JSON.
+        macro_rules! endpoint {
+            ($route:literal, $serve:ident, $req:ty, $res:ty) => {{
+                let tiers = if config.fallback {
+                    FallbackLayer::builder()
+                        .tier(LIGHT, Quality::Reduced, light.$serve())
+                        .cache(
+                            MemoryStore::new(10_000),
+                            <$req>::cache_key,
+                            Duration::from_secs(600),
+                        )
+                        .static_default(|_: &$req| <$res>::from_text("static", STATIC_REPLY))
+                } else {
+                    FallbackLayer::builder()
+                };
+                let svc = ServiceBuilder::new()
+                    .layer(stack!(&metrics, $route).fallback(tiers).build())
+                    .layer(&chaos)
+                    .service(primary.$serve());
+                JsonEndpoint::new(svc)
+                    .body_limit(config.body_limit)
+                    .check(<$req>::validate)
+            }};
+        }
+        let chat = endpoint!("chat", chat, ChatCompletionRequest, ChatCompletionResponse);
+        let completions = endpoint!(
+            "completions",
+            completions,
+            CompletionRequest,
+            CompletionResponse
+        );
 
         let gpu = primary.handle();
         let canary_gpu = primary.chat();

@@ -256,19 +256,20 @@ impl MessageContent {
     }
 }
 
-/// The body answering `POST /v1/chat/completions`.
+/// The body of a completion answer, generic over its choices: [`ChatCompletionResponse`]
+/// (`POST /v1/chat/completions`) and [`CompletionResponse`] (`POST /v1/completions`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionResponse {
-    /// A unique id, `chatcmpl-…`.
+pub struct OpenAiResponse<C> {
+    /// A unique id: `chatcmpl-…` or `cmpl-…`.
     pub id: String,
-    /// Always `chat.completion`.
+    /// `chat.completion` or `text_completion`.
     pub object: String,
     /// When it was made, in seconds since the Unix epoch.
     pub created: u64,
     /// The model that answered.
     pub model: String,
     /// The completions.
-    pub choices: Vec<ChatChoice>,
+    pub choices: Vec<C>,
     /// Tokens used, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -279,6 +280,35 @@ pub struct ChatCompletionResponse {
     #[serde(skip)]
     pub provenance: Provenance,
 }
+
+impl<C> OpenAiResponse<C> {
+    /// An answer from `model` with one choice, with a new id of `prefix` and 32 hex digits.
+    fn new(prefix: &str, object: &str, model: String, choice: C) -> Self {
+        OpenAiResponse {
+            id: new_id(prefix),
+            object: object.to_owned(),
+            created: now_secs(),
+            model,
+            choices: vec![choice],
+            usage: None,
+            extra: Map::new(),
+            provenance: Provenance::default(),
+        }
+    }
+}
+
+impl<C> Annotate for OpenAiResponse<C> {
+    fn provenance(&self) -> Option<&Provenance> {
+        Some(&self.provenance)
+    }
+
+    fn provenance_mut(&mut self) -> &mut Provenance {
+        &mut self.provenance
+    }
+}
+
+/// The body answering `POST /v1/chat/completions`.
+pub type ChatCompletionResponse = OpenAiResponse<ChatChoice>;
 
 impl ChatCompletionResponse {
     /// An answer from `model` of one assistant message, `text`, finished with `stop`.
@@ -291,31 +321,13 @@ impl ChatCompletionResponse {
     /// assert_eq!(res.choices[0].message.text(), "Busy; try again shortly.");
     /// ```
     pub fn from_text(model: impl Into<String>, text: impl Into<String>) -> Self {
-        ChatCompletionResponse {
-            id: new_id("chatcmpl-"),
-            object: "chat.completion".to_owned(),
-            created: now_secs(),
-            model: model.into(),
-            choices: vec![ChatChoice {
-                index: 0,
-                message: ChatMessage::assistant(text),
-                finish_reason: Some("stop".to_owned()),
-                extra: Map::new(),
-            }],
-            usage: None,
+        let choice = ChatChoice {
+            index: 0,
+            message: ChatMessage::assistant(text),
+            finish_reason: Some("stop".to_owned()),
             extra: Map::new(),
-            provenance: Provenance::default(),
-        }
-    }
-}
-
-impl Annotate for ChatCompletionResponse {
-    fn provenance(&self) -> Option<&Provenance> {
-        Some(&self.provenance)
-    }
-
-    fn provenance_mut(&mut self) -> &mut Provenance {
-        &mut self.provenance
+        };
+        OpenAiResponse::new("chatcmpl-", "chat.completion", model.into(), choice)
     }
 }
 
@@ -451,58 +463,19 @@ impl Prompt {
 }
 
 /// The body answering `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CompletionResponse {
-    /// A unique id, `cmpl-…`.
-    pub id: String,
-    /// Always `text_completion`.
-    pub object: String,
-    /// When it was made, in seconds since the Unix epoch.
-    pub created: u64,
-    /// The model that answered.
-    pub model: String,
-    /// The completions.
-    pub choices: Vec<CompletionChoice>,
-    /// Tokens used, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    /// Every other field, kept as it came.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-    /// Where the answer came from (not serialized: see the module docs).
-    #[serde(skip)]
-    pub provenance: Provenance,
-}
+pub type CompletionResponse = OpenAiResponse<CompletionChoice>;
 
 impl CompletionResponse {
     /// An answer from `model` of one completion, `text`, finished with `stop`.
     pub fn from_text(model: impl Into<String>, text: impl Into<String>) -> Self {
-        CompletionResponse {
-            id: new_id("cmpl-"),
-            object: "text_completion".to_owned(),
-            created: now_secs(),
-            model: model.into(),
-            choices: vec![CompletionChoice {
-                index: 0,
-                text: text.into(),
-                finish_reason: Some("stop".to_owned()),
-                logprobs: None,
-                extra: Map::new(),
-            }],
-            usage: None,
+        let choice = CompletionChoice {
+            index: 0,
+            text: text.into(),
+            finish_reason: Some("stop".to_owned()),
+            logprobs: None,
             extra: Map::new(),
-            provenance: Provenance::default(),
-        }
-    }
-}
-
-impl Annotate for CompletionResponse {
-    fn provenance(&self) -> Option<&Provenance> {
-        Some(&self.provenance)
-    }
-
-    fn provenance_mut(&mut self) -> &mut Provenance {
-        &mut self.provenance
+        };
+        OpenAiResponse::new("cmpl-", "text_completion", model.into(), choice)
     }
 }
 
