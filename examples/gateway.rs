@@ -329,7 +329,8 @@ impl Gateway {
     }
 
     /// The whole HTTP service: correlation ids (outermost, so every log line of a request
-    /// carries its id), tower-http's trace, errors as OpenAI-shaped JSON, and the routes.
+    /// carries its id), tower-http's trace, errors as JSON (OpenAI's shape unless
+    /// `--error-shape native`), and the routes.
     pub fn app(
         &self,
     ) -> impl Service<

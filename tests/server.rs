@@ -508,3 +508,28 @@ fn request_errors_answer_with_their_status_code_and_allow() {
     );
     assert_eq!(res.headers()["allow"], "GET, HEAD");
 }
+
+#[tokio::test]
+async fn a_parser_message_quoting_a_large_body_is_cut_short() {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    let app = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new(ErrorShape::Native))
+        .service(JsonEndpoint::new(service_fn(|_: Typed| async {
+            Ok::<_, InferenceError>(tower_inference::Served::new(0))
+        })));
+    // serde quotes the string it did not expect: all 50 000 characters of it.
+    let body = format!(r#"{{"n": "{}"}}"#, "é".repeat(50_000));
+    let res = app
+        .oneshot(Request::post("/").body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let message = json(&res)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("invalid type: string"), "{message}");
+    assert!(message.ends_with('…'), "{message}");
+    assert!(message.len() < 300, "{} bytes", message.len());
+}

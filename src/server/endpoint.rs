@@ -55,7 +55,7 @@ pub enum RequestError {
     /// The body is not JSON of the route's shape (400).
     #[error("the request body is not valid JSON for this route: {reason}")]
     MalformedJson {
-        /// What the JSON parser found (a position in the body and what it expected there).
+        /// What the JSON parser found (what it expected, and where), at most 200 bytes of it.
         reason: String,
     },
     /// The body could not be read (the client stopped sending it) (400).
@@ -264,8 +264,24 @@ where
         Err(_) => return Err(RequestError::BodyUnreadable),
     };
     serde_json::from_slice(&bytes).map_err(|err| RequestError::MalformedJson {
-        reason: err.to_string(),
+        reason: shorten(err.to_string(), MAX_REASON),
     })
+}
+
+/// The longest parser message quoted back (it may quote the body, which may be large).
+const MAX_REASON: usize = 200;
+
+/// `text`, cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn shorten(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Whether the request says its body is JSON (`application/json`, with or without

@@ -6,7 +6,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-
 use std::time::Duration;
 
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -136,6 +135,15 @@ impl<'a> Found<'a> {
             Found::Request(_) => false,
             Found::Inference(err) => err.kind().is_retryable() || err.retry_after().is_some(),
             Found::Other(kind) => kind.is_retryable(),
+        }
+    }
+
+    /// Whether the caller is at fault (a bad request, not a failing service).
+    fn is_caller_fault(&self) -> bool {
+        match self {
+            Found::Request(_) => true,
+            Found::Inference(err) => err.kind().is_caller_fault(),
+            Found::Other(kind) => kind.is_caller_fault(),
         }
     }
 
@@ -356,11 +364,21 @@ where
                 .unwrap_or_else(|| InferenceError::infrastructure().into()),
         };
         let id = this.id.as_ref().map(CorrelationId::as_str);
-        tracing::warn!(
-            error = %Chain(err.as_ref()),
-            correlation_id = id.unwrap_or(""),
-            "request failed"
-        );
+        // The caller's mistakes (a scanner's 404s, a too-long prompt) are not the service's
+        // trouble: they are logged below warning level.
+        if Found::of(err.as_ref()).is_caller_fault() {
+            tracing::info!(
+                error = %Chain(err.as_ref()),
+                correlation_id = id.unwrap_or(""),
+                "request refused"
+            );
+        } else {
+            tracing::warn!(
+                error = %Chain(err.as_ref()),
+                correlation_id = id.unwrap_or(""),
+                "request failed"
+            );
+        }
         Poll::Ready(Ok(error_response(err.as_ref(), *this.shape, id)))
     }
 }
