@@ -105,18 +105,15 @@ impl ChatCompletionRequest {
         text
     }
 
-    /// A key for a cache of last good answers: the model and each message's role and text.
+    /// A key for a cache of last good answers: the model and each message's role and text,
+    /// as JSON (so no two conversations share a key, whatever their text holds).
     pub fn cache_key(&self) -> String {
-        let mut key = self.model.clone();
-        for message in &self.messages {
-            key.push('\u{1f}');
-            key.push_str(&message.role);
-            key.push('\u{1e}');
-            if let Some(content) = &message.content {
-                key.push_str(&content.text());
-            }
-        }
-        key
+        let messages: Vec<(&str, Cow<'_, str>)> = self
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.text()))
+            .collect();
+        serde_json::to_string(&(&self.model, messages)).unwrap_or_default()
     }
 
     /// Checks what a server can check before calling a model: at least one message, budgets
@@ -401,9 +398,9 @@ impl CompletionRequest {
         }
     }
 
-    /// A key for a cache of last good answers: the model and the prompt.
+    /// A key for a cache of last good answers: the model and the prompt, as JSON.
     pub fn cache_key(&self) -> String {
-        format!("{}\u{1f}{}", self.model, self.prompt.text())
+        serde_json::to_string(&(&self.model, &self.prompt)).unwrap_or_default()
     }
 
     /// Checks a budget of at least 1, `n` in `1..=128` and no streaming.

@@ -162,16 +162,30 @@ fn cache_keys_tell_conversations_apart() {
     let b = ChatCompletionRequest::new("m", [ChatMessage::user("a"), ChatMessage::user("b")]);
     let c = ChatCompletionRequest::new("m", [ChatMessage::system("ab")]);
     let d = ChatCompletionRequest::new("other", [ChatMessage::user("ab")]);
-    let keys = [a.cache_key(), b.cache_key(), c.cache_key(), d.cache_key()];
+    // Text that looks like a separator does not make two conversations one.
+    let e = ChatCompletionRequest::new("m", [ChatMessage::user("a\u{1f}user\u{1e}b")]);
+    let keys = [
+        a.cache_key(),
+        b.cache_key(),
+        c.cache_key(),
+        d.cache_key(),
+        e.cache_key(),
+    ];
     for (i, x) in keys.iter().enumerate() {
         for y in &keys[i + 1..] {
             assert_ne!(x, y);
         }
     }
     // The same question asked with other sampling settings is the same question.
-    let mut e = a.clone();
-    e.extra.insert("temperature".into(), json!(0.9));
-    assert_eq!(e.cache_key(), a.cache_key());
+    let mut same = a.clone();
+    same.extra.insert("temperature".into(), json!(0.9));
+    assert_eq!(same.cache_key(), a.cache_key());
+    let text = |prompt: Value| {
+        serde_json::from_value::<CompletionRequest>(json!({"model": "m", "prompt": prompt}))
+            .unwrap()
+            .cache_key()
+    };
+    assert_ne!(text(json!("1 2")), text(json!([1, 2])));
     assert_eq!(
         MessageContent::Parts(vec![json!({"type": "text", "text": "ab"})]).text(),
         "ab"
