@@ -232,7 +232,7 @@ where
                 check(&req)?;
             }
             let answer = inner.oneshot(req).await.map_err(Into::into)?;
-            json_response(&answer)
+            json_response(answer)
         })
     }
 }
@@ -294,22 +294,24 @@ fn is_json(headers: &HeaderMap) -> bool {
         return false;
     };
     let essence = value.split(';').next().unwrap_or("").trim();
+    let suffix = essence.get(essence.len().saturating_sub(5)..);
     essence.eq_ignore_ascii_case("application/json")
-        || (essence.len() > 5
-            && essence.is_char_boundary(essence.len() - 5)
-            && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+        || (essence.len() > 5 && suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json")))
 }
 
-/// `answer` as a `200` JSON response with its provenance as headers and in the extensions.
-fn json_response<T: Serialize + Annotate>(answer: &T) -> Result<Response<String>, BoxError> {
-    let body = serde_json::to_string(answer).map_err(InferenceError::infrastructure_with_source)?;
+/// `answer` as a `200` JSON response with its provenance as headers and in the extensions
+/// (moved there once the body is written, not copied).
+fn json_response<T: Serialize + Annotate>(mut answer: T) -> Result<Response<String>, BoxError> {
+    let body =
+        serde_json::to_string(&answer).map_err(InferenceError::infrastructure_with_source)?;
     let mut res = Response::new(body);
     *res.status_mut() = StatusCode::OK;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(provenance) = answer.provenance() {
-        write_provenance(provenance, res.headers_mut());
-        res.extensions_mut().insert(provenance.clone());
+    if answer.provenance().is_some() {
+        let provenance = std::mem::take(answer.provenance_mut());
+        write_provenance(&provenance, res.headers_mut());
+        res.extensions_mut().insert(provenance);
     }
     Ok(res)
 }

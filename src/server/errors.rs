@@ -187,49 +187,55 @@ pub fn error_response<B: From<String>>(
     shape: ErrorShape,
     correlation_id: Option<&str>,
 ) -> Response<B> {
-    let found = Found::of(err);
-    let retry_after = found.retry_after();
-    let mut body = found.body();
-    body.correlation_id = correlation_id.map(str::to_owned);
-    let json = match shape {
-        ErrorShape::Native => serde_json::to_string(&body),
-        ErrorShape::OpenAi => serde_json::to_string(&serde_json::json!({
-            "error": {
-                "message": body.message,
-                "type": found.openai_type(),
-                "param": null,
-                "code": body.code,
-                "correlation_id": body.correlation_id,
-            }
-        })),
+    Found::of(err).respond(shape, correlation_id)
+}
+
+impl Found<'_> {
+    /// The response for this error: see [`error_response`].
+    fn respond<B: From<String>>(
+        &self,
+        shape: ErrorShape,
+        correlation_id: Option<&str>,
+    ) -> Response<B> {
+        let retry_after = self.retry_after();
+        let mut body = self.body();
+        body.correlation_id = correlation_id.map(str::to_owned);
+        let json = match shape {
+            ErrorShape::Native => serde_json::to_string(&body),
+            ErrorShape::OpenAi => serde_json::to_string(&serde_json::json!({
+                "error": {
+                    "message": body.message,
+                    "type": self.openai_type(),
+                    "param": null,
+                    "code": body.code,
+                    "correlation_id": body.correlation_id,
+                }
+            })),
+        }
+        // Serializing strings, numbers and maps of them cannot fail.
+        .unwrap_or_default();
+        let mut res = Response::new(B::from(json));
+        *res.status_mut() = self.status();
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(after) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
+            // Rounded up, like the seconds: a client that waits what it is told is never early.
+            let ms = u64::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            headers.insert(RETRY_AFTER_MS, HeaderValue::from(ms));
+        }
+        if let Found::Request(RequestError::MethodNotAllowed { allow }) = *self {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        headers.insert(
+            SHOULD_RETRY,
+            HeaderValue::from_static(if self.should_retry() { "true" } else { "false" }),
+        );
+        if let Some(value) = correlation_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(REQUEST_ID, value);
+        }
+        res
     }
-    // Serializing strings, numbers and maps of them cannot fail.
-    .unwrap_or_default();
-    let mut res = Response::new(B::from(json));
-    *res.status_mut() = found.status();
-    let headers = res.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(after) = retry_after {
-        headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
-        // Rounded up, like the seconds: a client that waits what it is told is never early.
-        let ms = u64::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-        headers.insert(RETRY_AFTER_MS, HeaderValue::from(ms));
-    }
-    if let Found::Request(RequestError::MethodNotAllowed { allow }) = found {
-        headers.insert(ALLOW, HeaderValue::from_static(allow));
-    }
-    headers.insert(
-        SHOULD_RETRY,
-        HeaderValue::from_static(if found.should_retry() {
-            "true"
-        } else {
-            "false"
-        }),
-    );
-    if let Some(value) = correlation_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        headers.insert(REQUEST_ID, value);
-    }
-    res
 }
 
 /// Turns every error of the service below into a response ([`error_response`]), with the
@@ -364,9 +370,10 @@ where
                 .unwrap_or_else(|| InferenceError::infrastructure().into()),
         };
         let id = this.id.as_ref().map(CorrelationId::as_str);
+        let found = Found::of(err.as_ref());
         // The caller's mistakes (a scanner's 404s, a too-long prompt) are not the service's
         // trouble: they are logged below warning level.
-        if Found::of(err.as_ref()).is_caller_fault() {
+        if found.is_caller_fault() {
             tracing::info!(
                 error = %Chain(err.as_ref()),
                 correlation_id = id.unwrap_or(""),
@@ -379,7 +386,7 @@ where
                 "request failed"
             );
         }
-        Poll::Ready(Ok(error_response(err.as_ref(), *this.shape, id)))
+        Poll::Ready(Ok(found.respond(*this.shape, id)))
     }
 }
 
