@@ -42,17 +42,34 @@ pub enum ModelFailure {
     NanOutput,
     /// The output tensor did not have the expected shape.
     ShapeMismatch,
-    /// The output failed a validity check of the application's.
+    /// The output failed a validity check of the application's, or a remote model's answer
+    /// was not the expected JSON.
     InvalidOutput,
+    /// Generation started and failed partway (a remote server's "error during generation").
+    Generation,
 }
 
 impl ModelFailure {
+    /// Every failure, in declaration order.
+    pub const ALL: [ModelFailure; 4] = [
+        ModelFailure::NanOutput,
+        ModelFailure::ShapeMismatch,
+        ModelFailure::InvalidOutput,
+        ModelFailure::Generation,
+    ];
+
+    /// The failure whose [`as_str`](Self::as_str) is `name`, if any.
+    pub fn from_name(name: &str) -> Option<ModelFailure> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
     /// A stable snake_case name, used in error bodies and metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
             ModelFailure::NanOutput => "nan_output",
             ModelFailure::ShapeMismatch => "shape_mismatch",
             ModelFailure::InvalidOutput => "invalid_output",
+            ModelFailure::Generation => "generation",
         }
     }
 }
@@ -63,6 +80,7 @@ impl fmt::Display for ModelFailure {
             ModelFailure::NanOutput => "its output contained invalid numbers",
             ModelFailure::ShapeMismatch => "its output had an unexpected shape",
             ModelFailure::InvalidOutput => "its output failed validation",
+            ModelFailure::Generation => "generation failed partway",
         })
     }
 }
@@ -130,10 +148,12 @@ pub enum InferenceError {
 
     /// The device ran out of memory for this request.
     #[error(
-        "the model ran out of memory ({available_mib} MiB free); retry with a smaller request (fewer tokens, smaller batch or resolution)"
+        "the model ran out of memory{}; retry with a smaller request (fewer tokens, smaller batch or resolution)",
+        mib_free(*used_mib, *available_mib)
     )]
     OutOfMemory {
-        /// Device memory in use when the request was refused, in MiB.
+        /// Device memory in use when the request was refused, in MiB (0 with
+        /// `available_mib` 0 when unknown, e.g. reported by a remote server).
         used_mib: u64,
         /// Device memory that was free, in MiB.
         available_mib: u64,
@@ -158,9 +178,10 @@ pub enum InferenceError {
     },
 
     /// Too many requests are waiting; the request was shed.
-    #[error("the model is overloaded ({queue_depth} requests waiting); retry later")]
+    #[error("the model is overloaded{}; retry later", waiting(*queue_depth))]
     Overloaded {
-        /// Requests waiting when this one was refused.
+        /// Requests waiting when this one was refused (0 when unknown, e.g. reported by a
+        /// remote server).
         queue_depth: usize,
         /// When the caller may retry, if known.
         retry_after: Option<Duration>,
@@ -334,6 +355,18 @@ impl ErrorKind {
         ErrorKind::Exhausted,
     ];
 
+    /// The kind whose [`code`](Self::code) is `code`, if any.
+    ///
+    /// ```
+    /// use tower_inference::ErrorKind;
+    ///
+    /// assert_eq!(ErrorKind::from_code("overloaded"), Some(ErrorKind::Overloaded));
+    /// assert_eq!(ErrorKind::from_code("teapot"), None);
+    /// ```
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
     /// A stable snake_case code, for error bodies, logs and metric labels.
     pub const fn code(self) -> &'static str {
         match self {
@@ -434,6 +467,81 @@ impl ErrorBody {
     }
 }
 
+impl ErrorBody {
+    /// The error this body describes, rebuilt from its code, details and retry hint: the
+    /// inverse of [`InferenceError::to_body`], for a client of a server that answers in this
+    /// shape. `None` when the code is not one of [`ErrorKind`]'s.
+    ///
+    /// Figures missing from `details` are 0 (see the variants' docs); an `Infrastructure`
+    /// error has no source, and `InvalidInput` keeps the message as its reason.
+    ///
+    /// ```
+    /// use tower_inference::{ErrorBody, InferenceError};
+    ///
+    /// let err = InferenceError::ContextLengthExceeded { input: 9_000, max: 8_192 };
+    /// let rebuilt = err.to_body().to_error().unwrap();
+    /// assert!(matches!(rebuilt, InferenceError::ContextLengthExceeded { input: 9_000, max: 8_192 }));
+    /// ```
+    pub fn to_error(&self) -> Option<InferenceError> {
+        let kind = ErrorKind::from_code(&self.code)?;
+        let number = |key: &str| self.details.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let size = |key: &str| usize::try_from(number(key)).unwrap_or(usize::MAX);
+        let retry_after = self.retry_after_secs.map(Duration::from_secs);
+        Some(match kind {
+            ErrorKind::InvalidInput => {
+                let reason = self.message.strip_prefix("invalid request: ");
+                InferenceError::invalid_input(reason.unwrap_or(&self.message).to_owned())
+            }
+            ErrorKind::ContextLengthExceeded => InferenceError::ContextLengthExceeded {
+                input: size("input_tokens"),
+                max: size("max_tokens"),
+            },
+            ErrorKind::ModelNotReady => InferenceError::ModelNotReady { retry_after },
+            ErrorKind::Timeout => InferenceError::Timeout {
+                after: Duration::from_millis(number("timeout_ms")),
+            },
+            ErrorKind::OutOfMemory => InferenceError::OutOfMemory {
+                used_mib: number("used_mib"),
+                available_mib: number("available_mib"),
+            },
+            ErrorKind::ModelFailure => InferenceError::ModelFailure {
+                failure: self
+                    .details
+                    .get("failure")
+                    .and_then(Value::as_str)
+                    .and_then(ModelFailure::from_name)
+                    .unwrap_or(ModelFailure::InvalidOutput),
+            },
+            ErrorKind::Infrastructure => InferenceError::infrastructure(),
+            ErrorKind::Overloaded => InferenceError::Overloaded {
+                queue_depth: size("queue_depth"),
+                retry_after,
+            },
+            ErrorKind::CircuitOpen => InferenceError::CircuitOpen {
+                retry_in: retry_after.unwrap_or_default(),
+            },
+            ErrorKind::Exhausted => InferenceError::Exhausted {
+                tiers: self
+                    .details
+                    .get("tiers")
+                    .and_then(Value::as_array)
+                    .map(|tiers| {
+                        let listed = tiers.iter().filter_map(tier_failure);
+                        listed.take(crate::provenance::MAX_FAILED_TIERS).collect()
+                    })
+                    .unwrap_or_default(),
+            },
+        })
+    }
+}
+
+/// A `{"tier","kind"}` entry of an `exhausted` body's details.
+fn tier_failure(entry: &Value) -> Option<TierFailure> {
+    let tier = entry.get("tier")?.as_str()?;
+    let kind = ErrorKind::from_code(entry.get("kind")?.as_str()?)?;
+    Some(TierFailure::new(tier.to_owned(), kind))
+}
+
 impl From<&InferenceError> for ErrorBody {
     fn from(err: &InferenceError) -> Self {
         err.to_body()
@@ -448,6 +556,24 @@ fn duration_ms(d: Duration) -> u64 {
 /// `u64::MAX` seconds says `u64::MAX`, never "retry now").
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+/// ` (N requests waiting)`, or nothing when the depth is not known (0).
+fn waiting(queue_depth: usize) -> String {
+    if queue_depth == 0 {
+        String::new()
+    } else {
+        format!(" ({queue_depth} requests waiting)")
+    }
+}
+
+/// ` (N MiB free)`, or nothing when the figures are not known (both 0).
+fn mib_free(used_mib: u64, available_mib: u64) -> String {
+    if used_mib == 0 && available_mib == 0 {
+        String::new()
+    } else {
+        format!(" ({available_mib} MiB free)")
+    }
 }
 
 /// A short human duration: `250ms`, `3s`, `1.5s`.

@@ -125,6 +125,9 @@
 
 pub mod breaker;
 pub mod classify;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod degrade;
 pub mod error;
 pub mod event;

@@ -44,6 +44,25 @@ pub enum Quality {
 }
 
 impl Quality {
+    /// The quality a label names: one of the labels above, or a [`Quality::Custom`] one.
+    ///
+    /// ```
+    /// use tower_inference::Quality;
+    ///
+    /// assert_eq!(Quality::from_label("stale"), Quality::Stale);
+    /// assert_eq!(Quality::from_label("draft").as_str(), "draft");
+    /// ```
+    pub fn from_label(label: &str) -> Quality {
+        match label {
+            "full" => Quality::Full,
+            "reduced" => Quality::Reduced,
+            "generic" => Quality::Generic,
+            "stale" => Quality::Stale,
+            "minimal" => Quality::Minimal,
+            other => Quality::Custom(Cow::Owned(other.to_owned())),
+        }
+    }
+
     /// The label: `full`, `reduced`, `generic`, `stale`, `minimal` or the custom one.
     pub fn as_str(&self) -> &str {
         match self {
@@ -94,6 +113,13 @@ pub struct Provenance {
     /// then never allocated); at most [`MAX_FAILED_TIERS`] entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_tiers: Vec<TierFailure>,
+    /// What the server behind this one said of the answer, when the answer came over HTTP
+    /// from another server that reports provenance (such as a gateway built with this
+    /// crate; the `client` feature reads it from the `x-inference-*` headers). The fields
+    /// above describe this hop; this one the hop behind it (one level: its own `upstream`
+    /// is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Box<Provenance>>,
 }
 
 /// The most failed tiers a [`Provenance`] lists; a longer chain's later failures are counted
@@ -111,6 +137,7 @@ impl Default for Provenance {
             cache_age: None,
             warnings: Vec::new(),
             failed_tiers: Vec::new(),
+            upstream: None,
         }
     }
 }
@@ -155,6 +182,14 @@ impl Provenance {
     pub fn set_failed_tiers(&mut self, mut failed: Vec<TierFailure>) -> &mut Self {
         failed.truncate(MAX_FAILED_TIERS);
         self.failed_tiers = failed;
+        self
+    }
+
+    /// Records what the server behind this one said of the answer (its own `upstream` is
+    /// dropped, so the chain stays one level deep).
+    pub fn set_upstream(&mut self, mut upstream: Provenance) -> &mut Self {
+        upstream.upstream = None;
+        self.upstream = Some(Box::new(upstream));
         self
     }
 

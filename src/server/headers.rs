@@ -4,13 +4,15 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::provenance::Provenance;
+use crate::error::{ErrorKind, TierFailure};
+use crate::provenance::{MAX_FAILED_TIERS, Provenance, Quality};
 
 /// `x-inference-tier`: the tier that answered (`primary`, a tier's name, `cache`, `static`).
 pub const TIER: &str = "x-inference-tier";
@@ -28,9 +30,45 @@ pub const DEGRADED: &str = "x-inference-degraded";
 pub const ATTEMPTS: &str = "x-inference-attempts";
 /// `x-inference-cache-age-ms`: the age of a cached answer, in milliseconds.
 pub const CACHE_AGE_MS: &str = "x-inference-cache-age-ms";
+/// The prefix of the headers that carry [`Provenance::upstream`]: the same names as above
+/// with `x-inference-upstream-` in place of `x-inference-` (`x-inference-upstream-tier`, …).
+pub const UPSTREAM_PREFIX: &str = "x-inference-upstream-";
 
-/// Writes `provenance` into `headers` under the names above (a header whose value would not
-/// be a valid header value, such as a tier name with a newline, is left out).
+/// The header names of one hop's provenance.
+struct Names {
+    tier: &'static str,
+    quality: &'static str,
+    fallback: &'static str,
+    fallback_reasons: &'static str,
+    degraded: &'static str,
+    attempts: &'static str,
+    cache_age_ms: &'static str,
+}
+
+const HOP: Names = Names {
+    tier: TIER,
+    quality: QUALITY,
+    fallback: FALLBACK,
+    fallback_reasons: FALLBACK_REASONS,
+    degraded: DEGRADED,
+    attempts: ATTEMPTS,
+    cache_age_ms: CACHE_AGE_MS,
+};
+
+const UPSTREAM: Names = Names {
+    tier: "x-inference-upstream-tier",
+    quality: "x-inference-upstream-quality",
+    fallback: "x-inference-upstream-fallback",
+    fallback_reasons: "x-inference-upstream-fallback-reasons",
+    degraded: "x-inference-upstream-degraded",
+    attempts: "x-inference-upstream-attempts",
+    cache_age_ms: "x-inference-upstream-cache-age-ms",
+};
+
+/// Writes `provenance` into `headers` under the names above, and its
+/// [`upstream`](Provenance::upstream), if any, under the [`UPSTREAM_PREFIX`] names (a header
+/// whose value would not be a valid header value, such as a tier name with a newline, is
+/// left out).
 ///
 /// ```
 /// use tower_inference::{Provenance, Quality};
@@ -45,20 +83,30 @@ pub const CACHE_AGE_MS: &str = "x-inference-cache-age-ms";
 /// assert_eq!(headers["x-inference-fallback"], "true");
 /// ```
 pub fn write_provenance(provenance: &Provenance, headers: &mut HeaderMap) {
+    write_hop(provenance, &HOP, headers);
+    if let Some(upstream) = &provenance.upstream {
+        write_hop(upstream, &UPSTREAM, headers);
+    }
+}
+
+fn write_hop(provenance: &Provenance, names: &Names, headers: &mut HeaderMap) {
     let mut put = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
     };
-    put(TIER, &provenance.tier);
-    put(QUALITY, provenance.quality.as_str());
-    put(FALLBACK, if provenance.fallback { "true" } else { "false" });
-    put(ATTEMPTS, &provenance.attempts.to_string());
+    put(names.tier, &provenance.tier);
+    put(names.quality, provenance.quality.as_str());
+    put(
+        names.fallback,
+        if provenance.fallback { "true" } else { "false" },
+    );
+    put(names.attempts, &provenance.attempts.to_string());
     if let Some(level) = &provenance.degraded {
-        put(DEGRADED, level);
+        put(names.degraded, level);
     }
     if let Some(age) = provenance.cache_age {
-        put(CACHE_AGE_MS, &age.as_millis().to_string());
+        put(names.cache_age_ms, &age.as_millis().to_string());
     }
     if !provenance.failed_tiers.is_empty() {
         let mut reasons = String::new();
@@ -66,8 +114,64 @@ pub fn write_provenance(provenance: &Provenance, headers: &mut HeaderMap) {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(reasons, "{sep}{}={}", failure.tier, failure.kind.code());
         }
-        put(FALLBACK_REASONS, &reasons);
+        put(names.fallback_reasons, &reasons);
     }
+}
+
+/// Reads the provenance another server wrote with [`write_provenance`]: `None` when
+/// `headers` has no `x-inference-tier`. Values that cannot be read are left at their
+/// defaults (an unknown failure kind drops that reason; at most
+/// [`MAX_FAILED_TIERS`](crate::provenance::MAX_FAILED_TIERS) reasons are kept). The
+/// upstream's own upstream headers are not read (see [`Provenance::upstream`]).
+///
+/// ```
+/// use tower_inference::Quality;
+/// use tower_inference::server::read_provenance;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("x-inference-tier", "cache".parse().unwrap());
+/// headers.insert("x-inference-quality", "stale".parse().unwrap());
+/// headers.insert("x-inference-attempts", "4".parse().unwrap());
+/// headers.insert("x-inference-fallback-reasons", "llama-70b=timeout".parse().unwrap());
+/// let provenance = read_provenance(&headers).unwrap();
+/// assert_eq!(provenance.tier, "cache");
+/// assert_eq!(provenance.quality, Quality::Stale);
+/// assert_eq!(provenance.attempts, 4);
+/// assert_eq!(provenance.failed_tiers[0].tier, "llama-70b");
+/// ```
+pub fn read_provenance(headers: &HeaderMap) -> Option<Provenance> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let tier = text(TIER)?;
+    let mut provenance = Provenance::default();
+    let quality = text(QUALITY).map_or(Quality::Full, Quality::from_label);
+    provenance.set_tier(tier.to_owned(), quality);
+    if let Some(fallback) = text(FALLBACK).and_then(|v| v.parse().ok()) {
+        provenance.set_fallback(fallback);
+    }
+    if let Some(attempts) = text(ATTEMPTS).and_then(|v| v.parse().ok()) {
+        provenance.set_attempts(attempts);
+    }
+    if let Some(level) = text(DEGRADED) {
+        provenance.set_degraded(level.to_owned());
+    }
+    if let Some(ms) = text(CACHE_AGE_MS).and_then(|v| v.parse().ok()) {
+        provenance.set_cache_age(Duration::from_millis(ms));
+    }
+    if let Some(reasons) = text(FALLBACK_REASONS) {
+        let failed = reasons
+            .split(", ")
+            .filter_map(|reason| {
+                let (tier, kind) = reason.rsplit_once('=')?;
+                Some(TierFailure::new(
+                    tier.to_owned(),
+                    ErrorKind::from_code(kind)?,
+                ))
+            })
+            .take(MAX_FAILED_TIERS)
+            .collect();
+        provenance.set_failed_tiers(failed);
+    }
+    Some(provenance)
 }
 
 /// Writes the [`Provenance`] a response carries in its extensions (see

@@ -77,5 +77,6 @@ pub use self::errors::{
 };
 pub use self::headers::{
     ATTEMPTS, CACHE_AGE_MS, DEGRADED, FALLBACK, FALLBACK_REASONS, ProvenanceHeaders,
-    ProvenanceHeadersFuture, ProvenanceHeadersLayer, QUALITY, TIER, write_provenance,
+    ProvenanceHeadersFuture, ProvenanceHeadersLayer, QUALITY, TIER, UPSTREAM_PREFIX,
+    read_provenance, write_provenance,
 };
