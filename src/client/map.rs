@@ -221,18 +221,19 @@ impl MapError for DefaultMapper {
     fn map_error(&self, up: &UpstreamError<'_>) -> InferenceError {
         let fields = up.fields();
         let retry_after = up.retry_after();
-        let err = if let Some(body) = &fields.body
+        if let Some(body) = &fields.body
             && let Some(err) = body.to_error()
         {
             // A server built with this crate: its own error, as it was.
-            with_retry_after(err, retry_after)
-        } else if let Some(kind) = fields.code.as_deref().and_then(ErrorKind::from_code) {
+            return with_retry_after(err, retry_after);
+        }
+        if let Some(kind) = fields.code.as_deref().and_then(ErrorKind::from_code) {
             // An OpenAI-shaped body whose code is one of this crate's kinds (a gateway built
-            // with it, or OpenAI's own `context_length_exceeded`).
-            of_kind(kind, up, &fields, retry_after)
-        } else {
-            by_status(up, &fields, retry_after)
-        };
+            // with it, or OpenAI's own `context_length_exceeded`): the kind is named, so
+            // `x-should-retry` (which such a gateway sets for its end callers) adds nothing.
+            return of_kind(kind, up, &fields, retry_after);
+        }
+        let err = by_status(up, &fields, retry_after);
         obey_should_retry(err, up, &fields, retry_after)
     }
 }
@@ -321,7 +322,7 @@ fn by_status(
     }
 }
 
-/// `x-should-retry` overrides the kind's retryability: `false` on a retryable kind makes the
+/// `x-should-retry` overrides the retryability of a kind read from the status: `false` on a retryable kind makes the
 /// failure a `CircuitOpen` (the server says a retry will not help: not retried, counted by a
 /// breaker, answered by a fallback); `true` on a kind that is not retryable (out of memory
 /// aside, which the retry layer retries smaller) makes it `Infrastructure`.

@@ -70,7 +70,8 @@
 //! | 507 | insufficient storage | `OutOfMemory` | no |
 //! | other 5xx | vLLM 500 "The server had an error while processing your request." (the engine died; older releases send no body), vLLM 503 "Generation is paused", TGI 500 "Incomplete generation", a proxy's 502 | `Infrastructure` | yes |
 //!
-//! 3. `x-should-retry` overrides retryability as OpenAI's SDKs do: `false` on a retryable
+//! 3. `x-should-retry` overrides the retryability of a kind read from the status (step 2;
+//!    a kind named by the body in step 1 is exact) as OpenAI's SDKs do: `false` on a retryable
 //!    kind makes it `CircuitOpen` (the server says a retry will not help: not retried,
 //!    counted by a breaker, answered by a fallback), `true` on a kind that is not retryable
 //!    (out of memory aside) makes it `Infrastructure`.
