@@ -249,3 +249,31 @@ whole_stack! {
     stack_user_request: user_model(), prompt(),
         user_model(), |p: &Prompt| p.text.to_string();
 }
+
+#[cfg(feature = "client")]
+#[path = "support/upstream.rs"]
+mod upstream;
+
+/// An OpenAI-compatible server on loopback that always answers, and the client to it.
+#[cfg(feature = "client")]
+async fn openai_client() -> tower_inference::client::OpenAiClient<ChatCompletionRequest> {
+    let answer = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "llama",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+    });
+    let server = upstream::Upstream::start([upstream::Reply::json(200, answer.to_string())]).await;
+    tower_inference::client::Backend::builder(server.base_url())
+        .build()
+        .unwrap()
+        .chat()
+}
+
+#[cfg(feature = "client")]
+use tower_inference::openai::{ChatCompletionRequest, ChatMessage};
+
+#[cfg(feature = "client")]
+whole_stack! {
+    stack_openai_client: openai_client().await,
+        ChatCompletionRequest::new("llama", [ChatMessage::user("hi")]),
+        openai_client().await, |r: &ChatCompletionRequest| r.cache_key();
+}
