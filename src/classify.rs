@@ -247,6 +247,8 @@ impl<Res, E: ClassifyError> Classify<Res, E> for DefaultClassifier {
 
 #[cfg(feature = "http")]
 pub use self::http_classifier::HttpClassifier;
+#[cfg(feature = "http")]
+pub(crate) use self::http_classifier::retry_after;
 
 #[cfg(feature = "http")]
 mod http_classifier {
@@ -271,7 +273,8 @@ mod http_classifier {
     /// | 507 | `OutOfMemory` |
     /// | 502, 503 and other 5xx | `Infrastructure` |
     ///
-    /// `Retry-After`, in seconds or as an HTTP date, is read on 429 and 5xx answers.
+    /// The retry hint is read on 429 and 5xx answers: `retry-after-ms` (OpenAI's) first, then
+    /// `Retry-After` in seconds or as an HTTP date.
     ///
     /// ```
     /// use tower_inference::{Classify, ErrorKind, HttpClassifier, InferenceError};
@@ -315,17 +318,27 @@ mod http_classifier {
         }
     }
 
-    /// Reads `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); a date in the
-    /// past is a zero delay, anything unreadable is ignored.
-    fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-        let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-        if let Ok(secs) = value.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+    /// When to retry, as the headers say: `retry-after-ms` (OpenAI's, in milliseconds)
+    /// first, then `Retry-After` as delay-seconds (fractions accepted, as OpenAI's SDKs do)
+    /// or an HTTP date (RFC 9110 §10.2.3); a date in the past is a zero delay, a negative or
+    /// unreadable value is ignored, and the delay is at most a day.
+    pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+        const DAY: f64 = 86_400.0;
+        let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+        let secs = |value: f64| {
+            (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value.min(DAY)))
+        };
+        if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+            return secs(ms / 1_000.0);
+        }
+        let value = text(RETRY_AFTER.as_str())?;
+        if let Ok(value) = value.parse::<f64>() {
+            return secs(value);
         }
         let at = httpdate::parse_http_date(value).ok()?;
-        Some(
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
+        let delay = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some(delay.min(Duration::from_secs_f64(DAY)))
     }
 }

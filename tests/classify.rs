@@ -163,6 +163,28 @@ mod http_responses {
     }
 
     #[test]
+    fn retry_after_ms_comes_first_and_fractions_and_garbage_are_handled() {
+        let res = http::Response::builder()
+            .status(429)
+            .header("retry-after-ms", "1250")
+            .header("retry-after", "9")
+            .body(())
+            .unwrap();
+        let outcome = Classify::<_, InferenceError>::classify(&HttpClassifier, Ok(&res));
+        assert_eq!(outcome.retry_after(), Some(Duration::from_millis(1_250)));
+        assert_eq!(
+            classify(503, Some("1.5")).retry_after(),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(classify(503, Some("-3")).retry_after(), None);
+        assert_eq!(classify(503, Some("soon")).retry_after(), None);
+        assert_eq!(
+            classify(503, Some("99999999999")).retry_after(),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
     fn four_hundreds_other_than_429_are_caller_faults() {
         for status in [400, 401, 403, 404, 413, 422] {
             assert!(classify(status, None).is_caller_fault(), "{status}");

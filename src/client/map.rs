@@ -2,13 +2,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::error::{ErrorBody, ErrorKind, InferenceError, ModelFailure};
-use crate::server::{RETRY_AFTER_MS, SHOULD_RETRY};
+use crate::server::SHOULD_RETRY;
 
 /// The longest upstream message kept (in bytes, cut at a character boundary).
 const MAX_MESSAGE: usize = 300;
@@ -43,23 +43,7 @@ impl<'a> UpstreamError<'a> {
     /// `Retry-After` in seconds or as an HTTP date (a date in the past is zero), read as
     /// OpenAI's SDKs read them; at most a day.
     pub fn retry_after(&self) -> Option<Duration> {
-        let text = |name| self.headers.get(name)?.to_str().ok().map(str::trim);
-        if let Some(ms) = text(RETRY_AFTER_MS).and_then(|v| v.parse::<f64>().ok())
-            && ms.is_finite()
-            && ms >= 0.0
-        {
-            return Some(Duration::from_secs_f64((ms / 1_000.0).min(86_400.0)));
-        }
-        let value = text(RETRY_AFTER.as_str())?;
-        if let Ok(secs) = value.parse::<f64>() {
-            return (secs.is_finite() && secs >= 0.0)
-                .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
-        }
-        let at = httpdate::parse_http_date(value).ok()?;
-        Some(
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
+        crate::classify::retry_after(self.headers)
     }
 
     /// The server's `x-should-retry` (`true` or `false`), which OpenAI's SDKs obey over their
