@@ -694,3 +694,34 @@ fn routes_join_the_base_path_whatever_its_slashes() {
     let root = Backend::builder("http://h:8000").build().unwrap();
     assert_eq!(root.chat().uri(), "http://h:8000/chat/completions");
 }
+
+#[tokio::test]
+async fn http2_by_prior_knowledge_reaches_an_h2c_server() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+            let version = format!("{:?}", req.version());
+            async move {
+                let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    answer(&version),
+                )));
+                res.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let backend = Backend::builder(format!("http://{addr}/v1"))
+        .http2_prior_knowledge(true)
+        .build()
+        .unwrap();
+    let res = backend.chat().oneshot(chat()).await.unwrap();
+    assert_eq!(res.choices[0].message.text(), "HTTP/2.0");
+}
