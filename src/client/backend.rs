@@ -220,8 +220,7 @@ impl BackendBuilder {
 
     /// The backend. Fails on a base URL that is not an absolute `http` (or, with the
     /// `client-rustls` feature, `https`) URL, or a header that is not a valid header.
-    /// Call it inside a Tokio runtime's context only if you use the clients there (it
-    /// spawns nothing itself).
+    /// Building needs no runtime; the clients are called inside a Tokio runtime.
     pub fn build(self) -> Result<Backend, BuildError> {
         let base: Uri = self
             .base_url
