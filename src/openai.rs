@@ -155,6 +155,11 @@ fn check_common(
             "`n` must be between 1 and 128",
         ));
     }
+    refuse_stream(stream)
+}
+
+/// Refuses `"stream": true`, which neither the endpoint nor the client serves.
+pub(crate) fn refuse_stream(stream: Option<bool>) -> Result<(), InferenceError> {
     if stream == Some(true) {
         return Err(InferenceError::invalid_input(
             "streaming is not supported here; set `stream` to false",

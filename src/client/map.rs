@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{ErrorBody, ErrorKind, InferenceError, ModelFailure};
 use crate::server::SHOULD_RETRY;
+use crate::server::shorten;
 
 /// The longest upstream message kept (in bytes, cut at a character boundary).
 const MAX_MESSAGE: usize = 300;
@@ -76,7 +77,8 @@ impl<'a> UpstreamError<'a> {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ErrorFields {
-    /// The message, cut to 300 bytes, control characters replaced by spaces.
+    /// The message, cut to 300 bytes (with `…` when cut), control characters replaced by
+    /// spaces.
     pub message: Option<String>,
     /// `type` or `error_type`.
     pub error_type: Option<String>,
@@ -144,13 +146,10 @@ impl ErrorFields {
     }
 }
 
-/// The message, at most [`MAX_MESSAGE`] bytes, with control characters as spaces.
+/// The message, cut to [`MAX_MESSAGE`] bytes (with `…` when cut), control characters as
+/// spaces.
 fn clean(message: &str) -> String {
-    let mut end = message.len().min(MAX_MESSAGE);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message[..end]
+    shorten(message.trim().to_owned(), MAX_MESSAGE)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()

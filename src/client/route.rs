@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use crate::error::InferenceError;
 use crate::openai::{
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
+    refuse_stream,
 };
 use crate::provenance::Annotate;
 
@@ -62,15 +63,6 @@ pub trait Route: Serialize + Send + 'static {
     fn check(&self) -> Result<(), InferenceError> {
         Ok(())
     }
-}
-
-fn refuse_stream(stream: Option<bool>) -> Result<(), InferenceError> {
-    if stream == Some(true) {
-        return Err(InferenceError::invalid_input(
-            "streamed answers are not supported by this client; send \"stream\": false",
-        ));
-    }
-    Ok(())
 }
 
 impl Route for ChatCompletionRequest {

@@ -272,7 +272,7 @@ where
 const MAX_REASON: usize = 200;
 
 /// `text`, cut to at most `max` bytes on a character boundary, with `…` when cut.
-fn shorten(mut text: String, max: usize) -> String {
+pub(crate) fn shorten(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

@@ -70,6 +70,8 @@ mod headers;
 pub use self::correlation::{
     CORRELATION_ID, Correlation, CorrelationFuture, CorrelationId, CorrelationLayer, REQUEST_ID,
 };
+#[cfg(feature = "client")]
+pub(crate) use self::endpoint::shorten;
 pub use self::endpoint::{DEFAULT_BODY_LIMIT, JsonEndpoint, JsonEndpointFuture, RequestError};
 pub use self::errors::{
     ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorShape, RETRY_AFTER_MS,
