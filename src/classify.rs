@@ -247,7 +247,7 @@ impl<Res, E: ClassifyError> Classify<Res, E> for DefaultClassifier {
 
 #[cfg(feature = "http")]
 pub use self::http_classifier::HttpClassifier;
-#[cfg(feature = "http")]
+#[cfg(feature = "client")]
 pub(crate) use self::http_classifier::retry_after;
 
 #[cfg(feature = "http")]
