@@ -128,6 +128,7 @@ pub mod classify;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
+mod clock;
 pub mod degrade;
 pub mod error;
 pub mod event;

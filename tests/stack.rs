@@ -86,11 +86,12 @@ fn rig() -> Rig {
                 .static_default(static_answer),
         )
         .degrade(DegradeLayer::builder().in_flight_capacity(100))
-        .retry(RetryLayer::builder().max_attempts(3).backoff(Backoff::new(
-            Duration::from_millis(100),
-            1.0,
-            Duration::from_millis(100),
-        )))
+        .retry(
+            RetryLayer::builder().max_attempts(3).backoff(
+                Backoff::new(Duration::from_millis(100), 1.0, Duration::from_millis(100))
+                    .without_jitter(),
+            ),
+        )
         .breaker(
             BreakerLayer::builder()
                 .count_window(10)
@@ -278,4 +279,34 @@ async fn a_named_breaker_keeps_its_name() {
         .breaker(BreakerLayer::builder())
         .build();
     assert_eq!(unnamed.breaker().unwrap().name(), "llama-70b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stage_times_its_own_part_of_the_call() {
+    let rig = rig();
+    let stage = |name: &str| {
+        rig.metrics
+            .snapshot()
+            .stages
+            .into_iter()
+            .find(|s| s.stage == name)
+            .unwrap_or_else(|| panic!("no stage {name}"))
+            .latency
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    rig.svc.clone().oneshot(request("first")).await.unwrap();
+    let (edge, backend) = (stage(EDGE_STAGE), stage(BACKEND_STAGE));
+    assert!((ms(edge.max) - 10.0).abs() < 0.1, "{edge:?}");
+    assert!((ms(backend.max) - 10.0).abs() < 0.1, "{backend:?}");
+
+    // Three failed attempts 100 ms apart, then the lighter model's 10 ms: the edge waited
+    // 210 ms, while no single backend attempt took longer than the first call's 10 ms.
+    rig.primary.kill();
+    let answer = rig.svc.clone().oneshot(request("second")).await.unwrap();
+    assert_eq!(answer.provenance.tier, "llama-8b");
+    let (edge, backend) = (stage(EDGE_STAGE), stage(BACKEND_STAGE));
+    assert_eq!(backend.count, 4);
+    assert!((ms(backend.max) - 10.0).abs() < 0.1, "{backend:?}");
+    assert_eq!(edge.count, 2);
+    assert!((ms(edge.max) - 210.0).abs() < 0.5, "{edge:?}");
 }

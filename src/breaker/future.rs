@@ -71,8 +71,18 @@ impl<F, C> ResponseFuture<F, C> {
             Admission::Closed { epoch } => Ticket::Closed { epoch },
             Admission::Probe(permit) => Ticket::Probe(permit),
         };
-        let started = shared.needs_clock().then(Instant::now);
-        ResponseFuture::called(call(), local.clone(), ticket, started)
+        let timed = shared.needs_clock();
+        ResponseFuture::called(
+            {
+                if timed {
+                    crate::clock::calling();
+                }
+                call()
+            },
+            local.clone(),
+            ticket,
+            timed.then(crate::clock::called),
+        )
     }
 
     fn called(fut: F, local: Arc<Local<C>>, ticket: Ticket, started: Option<Instant>) -> Self {
@@ -126,10 +136,13 @@ where
                 ticket,
                 started,
             } => {
+                if started.is_some() {
+                    crate::clock::polling();
+                }
                 let result = ready!(fut.poll(cx));
+                let now = started.map(|_| crate::clock::polled());
                 if let Some(ticket) = ticket.take() {
                     let shared = &local.shared;
-                    let now = started.map(|_| Instant::now());
                     let slow = match (started, now, shared.config.slow_call_duration) {
                         (Some(start), Some(now), Some(limit)) => {
                             now.saturating_duration_since(*start) > limit

@@ -70,10 +70,16 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = ready!(this.fut.poll(cx));
         let shared = &this.guard.local.shared;
+        if this.started.is_some() {
+            crate::clock::polling();
+        }
+        let mut result = ready!(this.fut.poll(cx));
         if let Some(started) = this.started.take() {
-            shared.signals.record_latency(started.elapsed());
+            let now = crate::clock::polled();
+            shared
+                .signals
+                .record_latency(now.saturating_duration_since(started));
         }
         if let Ok(res) = &mut result {
             let provenance = res.provenance_mut();

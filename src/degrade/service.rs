@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::{InFlight, ResponseFuture};
@@ -79,7 +78,17 @@ where
         if level > 0 {
             req.degrade(level_spec.scale);
         }
-        let started = shared.signals.timed().then(Instant::now);
-        ResponseFuture::new(self.inner.call(req), guard, level, started)
+        let timed = shared.signals.timed();
+        ResponseFuture::new(
+            {
+                if timed {
+                    crate::clock::calling();
+                }
+                self.inner.call(req)
+            },
+            guard,
+            level,
+            timed.then(crate::clock::called),
+        )
     }
 }

@@ -220,6 +220,8 @@ fn served_primary<Req, Res: Annotate, E, C>(
 /// Stores a last-good answer; a write never delays or fails the response.
 fn store<Req, Res, E, C>(shared: &Shared<Req, Res, E, C>, key: String, res: &Res) {
     let Some(cache) = &shared.cache else { return };
+    // Storing takes time of its own: layers around this one read the clock afresh.
+    crate::clock::moved_on();
     if !cache.guard.allows() {
         return;
     }
@@ -281,6 +283,8 @@ where
     } = walked;
     let caller_refused = caller.is_some();
     for (index, tier) in shared.tiers.iter().enumerate() {
+        // Whatever finished before this tier is no longer the moment the answer comes back.
+        crate::clock::moved_on();
         if let Some(kind) = caller {
             if !tier.accepts.contains(&kind) {
                 continue;

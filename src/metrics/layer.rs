@@ -243,10 +243,13 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let operation = self.operation.label(&req);
         ResponseFuture {
-            fut: self.inner.call(req),
+            fut: {
+                crate::clock::calling();
+                self.inner.call(req)
+            },
             local: self.local.here().clone(),
             operation,
-            started: Instant::now(),
+            started: crate::clock::called(),
         }
     }
 }
@@ -281,7 +284,9 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        crate::clock::polling();
         let result = ready!(this.fut.poll(cx));
+        let finished = crate::clock::polled();
         let local = &**this.local;
         let kind = local.classifier.classify(result.as_ref()).kind();
         let provenance = result
@@ -290,7 +295,7 @@ where
             .and_then(|res| local.provenance.read(res));
         local.stage.record(
             kind,
-            this.started.elapsed(),
+            finished.saturating_duration_since(*this.started),
             provenance,
             this.operation.as_deref(),
             &local.primary,

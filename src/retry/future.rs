@@ -188,6 +188,8 @@ where
                         return Poll::Ready(Err(e));
                     }
                     retry.attempts.take_withdrawal();
+                    // An earlier attempt's end is not this one's.
+                    crate::clock::moved_on();
                     let fut = retry.svc.call(retry.req.clone());
                     this.state.set(State::Calling { fut });
                 }
