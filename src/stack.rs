@@ -12,8 +12,10 @@
 //!   [`event_sink`](InferenceStack::event_sink). A sink set on a layer's own builder is
 //!   replaced, so no layer can be left out of the metrics by mistake.
 //! - **One name.** The primary tier is named once ([`InferenceStack::new`]); the fallback layer
-//!   labels its answers with it, both metrics stages count them under it, and the breaker
-//!   takes it as its name unless its builder named it.
+//!   labels its answers with it (with no fallback layer, the backend metrics stage does, on
+//!   answers that name no tier of their own), both metrics stages count them under it, and
+//!   the breaker takes it as its name unless its builder named it. A stack with neither
+//!   layer leaves answers as the model made them.
 //! - **Any subset.** A layer is in the stack when it is configured, and left out otherwise
 //!   (at no cost: a left-out layer is tower's `Identity`). Each layer is configured through its
 //!   own builder, with every option it has alone.
@@ -281,7 +283,7 @@ where
                 _ => Some(Emitter::new(Fanout(self.sinks))),
             },
         };
-        let (edge, backend) = self.metrics.wire(&wiring);
+        let (edge, backend) = self.metrics.wire(&wiring, !F::NAMES_ANSWERS);
         let breaker = self.breaker.wire(&wiring);
         let retry = self.retry.wire(&wiring);
         let degrade = self.degrade.wire(&wiring);
@@ -453,6 +455,9 @@ pub trait Part: sealed::Sealed {
     type Layer;
     /// Builds the layer with the stack's sink and names.
     fn wire(self, wiring: &Wiring) -> Self::Layer;
+    /// Whether the built layer writes the primary tier's name on the primary's answers (the
+    /// fallback layer does; when it is left out, the backend metrics stage does).
+    const NAMES_ANSWERS: bool = false;
     /// Keeps the built layer's handle, if it has one.
     fn collect(_layer: &Self::Layer, _handles: &mut Handles) {}
 }
@@ -464,8 +469,9 @@ pub trait MetricsPart: sealed::Sealed {
     type Edge;
     /// The innermost stage's layer.
     type Backend;
-    /// Builds both stages with the stack's primary tier name.
-    fn wire(self, wiring: &Wiring) -> (Self::Edge, Self::Backend);
+    /// Builds both stages with the stack's primary tier name; with `names_answers`, the
+    /// backend stage also writes that name on the answers that name no tier.
+    fn wire(self, wiring: &Wiring, names_answers: bool) -> (Self::Edge, Self::Backend);
 }
 
 macro_rules! simple_part {
@@ -499,17 +505,24 @@ simple_part! {
         }
         w.emitter_into(this, BreakerBuilder::emitter).build()
     }, collect |layer, handles| handles.breaker = Some(layer.handle());
-    impl[Req, Res, E, C] FallbackBuilder<Req, Res, E, C> => FallbackLayer<Req, Res, E, C>, |this, w| {
-        let this = this.primary(w.primary.clone());
-        w.emitter_into(this, FallbackBuilder::emitter).build()
-    };
+}
+
+impl<Req, Res, E, C> sealed::Sealed for FallbackBuilder<Req, Res, E, C> {}
+impl<Req, Res, E, C> Part for FallbackBuilder<Req, Res, E, C> {
+    type Layer = FallbackLayer<Req, Res, E, C>;
+    const NAMES_ANSWERS: bool = true;
+
+    fn wire(self, wiring: &Wiring) -> Self::Layer {
+        let this = self.primary(wiring.primary.clone());
+        wiring.emitter_into(this, FallbackBuilder::emitter).build()
+    }
 }
 
 impl MetricsPart for Identity {
     type Edge = Identity;
     type Backend = Identity;
 
-    fn wire(self, _wiring: &Wiring) -> (Identity, Identity) {
+    fn wire(self, _wiring: &Wiring, _names_answers: bool) -> (Identity, Identity) {
         (Identity::new(), Identity::new())
     }
 }
@@ -519,10 +532,15 @@ impl MetricsPart for Metrics {
     type Edge = MetricsLayer;
     type Backend = MetricsLayer;
 
-    fn wire(self, wiring: &Wiring) -> (MetricsLayer, MetricsLayer) {
+    fn wire(self, wiring: &Wiring, names_answers: bool) -> (MetricsLayer, MetricsLayer) {
+        let backend = self.backend.primary_tier(wiring.primary.clone());
         (
             self.edge.primary_tier(wiring.primary.clone()),
-            self.backend.primary_tier(wiring.primary.clone()),
+            if names_answers {
+                backend.names_answers()
+            } else {
+                backend
+            },
         )
     }
 }

@@ -310,3 +310,40 @@ async fn each_stage_times_its_own_part_of_the_call() {
     assert_eq!(edge.count, 2);
     assert!((ms(edge.max) - 210.0).abs() < 0.5, "{edge:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_a_fallback_layer_answers_still_carry_the_stacks_tier_name() {
+    let metrics = ErrorMetrics::new();
+    let layer = InferenceStack::new("solo")
+        .metrics(&metrics)
+        .retry(RetryLayer::builder())
+        .build();
+    let answer = ServiceBuilder::new()
+        .layer(layer)
+        .service(gpu("solo"))
+        .oneshot(request("q"))
+        .await
+        .unwrap();
+    assert_eq!(answer.provenance.tier, "solo");
+    assert!(!answer.provenance.fallback);
+    let edge = metrics
+        .snapshot()
+        .stages
+        .into_iter()
+        .find(|s| s.stage == EDGE_STAGE);
+    assert_eq!(edge.unwrap().tiers.get("solo"), Some(&1));
+
+    // A tier the model named itself is left as it is.
+    let named = tower::service_fn(|_: InferenceRequest| async {
+        let mut answer = static_answer(&request("q"));
+        answer.provenance.tier = "model-said".into();
+        Ok::<_, tower_inference::InferenceError>(answer)
+    });
+    let answer = ServiceBuilder::new()
+        .layer(InferenceStack::new("solo").metrics(&metrics).build())
+        .service(named)
+        .oneshot(request("q"))
+        .await
+        .unwrap();
+    assert_eq!(answer.provenance.tier, "model-said");
+}

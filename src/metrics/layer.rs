@@ -20,6 +20,14 @@ use crate::stripe::{Homed, PerThread};
 pub trait ReadProvenance<Res> {
     /// The answer's provenance, if it has one.
     fn read<'a>(&self, res: &'a Res) -> Option<&'a Provenance>;
+
+    /// Writes `tier` as the answering tier on an answer whose provenance names none of its
+    /// own (still [`PRIMARY_TIER`]). Used by an [`InferenceStack`](crate::stack::InferenceStack)
+    /// without a fallback layer, so that answers carry the name its metrics count them under.
+    /// Does nothing by default.
+    fn name_tier(&self, res: &mut Res, tier: &Cow<'static, str>) {
+        let _ = (res, tier);
+    }
 }
 
 /// Reads provenance through [`Annotate`] (the default).
@@ -29,6 +37,13 @@ pub struct FromAnnotate;
 impl<Res: Annotate> ReadProvenance<Res> for FromAnnotate {
     fn read<'a>(&self, res: &'a Res) -> Option<&'a Provenance> {
         res.provenance()
+    }
+
+    fn name_tier(&self, res: &mut Res, tier: &Cow<'static, str>) {
+        let provenance = res.provenance_mut();
+        if provenance.tier == PRIMARY_TIER {
+            provenance.tier = tier.clone();
+        }
     }
 }
 
@@ -74,10 +89,18 @@ impl<Req, F: Fn(&Req) -> String> OperationLabel<Req> for LabelFn<F> {
 #[derive(Clone)]
 pub struct MetricsLayer<C = DefaultClassifier, P = FromAnnotate, O = NoLabel> {
     stage: Arc<Stage>,
-    primary: Cow<'static, str>,
+    primary: PrimaryTier,
     classifier: C,
     provenance: P,
     operation: O,
+}
+
+/// The name a stage counts the primary tier's answers under, and whether it also writes that
+/// name on them.
+#[derive(Clone)]
+pub(crate) struct PrimaryTier {
+    name: Cow<'static, str>,
+    names_answers: bool,
 }
 
 impl<C, P, O> std::fmt::Debug for MetricsLayer<C, P, O> {
@@ -93,7 +116,10 @@ impl MetricsLayer {
     pub fn new(metrics: &ErrorMetrics, stage: &str) -> Self {
         MetricsLayer {
             stage: metrics.stage(stage),
-            primary: Cow::Borrowed(PRIMARY_TIER),
+            primary: PrimaryTier {
+                name: Cow::Borrowed(PRIMARY_TIER),
+                names_answers: false,
+            },
             classifier: DefaultClassifier,
             provenance: FromAnnotate,
             operation: NoLabel,
@@ -109,7 +135,14 @@ impl<C, P, O> MetricsLayer<C, P, O> {
     /// names them: give it the name the fallback layer gives its primary, and both stages
     /// count the same answers under the same tier (the [`stack`](crate::stack) does this).
     pub fn primary_tier(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.primary = name.into();
+        self.primary.name = name.into();
+        self
+    }
+
+    /// Also writes the primary tier's name on the answers that name no tier (for a stack
+    /// with no fallback layer to do it).
+    pub(crate) fn names_answers(mut self) -> Self {
+        self.primary.names_answers = true;
         self
     }
 
@@ -167,7 +200,7 @@ impl<S, C: Clone, P: Clone, O: Clone> Layer<S> for MetricsLayer<C, P, O> {
 #[derive(Clone)]
 struct Shares<C, P> {
     stage: Arc<Stage>,
-    primary: Cow<'static, str>,
+    primary: PrimaryTier,
     classifier: C,
     provenance: P,
 }
@@ -186,7 +219,7 @@ impl<S, C, P, O> Metrics<S, C, P, O> {
     fn new(
         inner: S,
         stage: Arc<Stage>,
-        primary: Cow<'static, str>,
+        primary: PrimaryTier,
         classifier: C,
         provenance: P,
         operation: O,
@@ -285,7 +318,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         crate::clock::polling();
-        let result = ready!(this.fut.poll(cx));
+        let mut result = ready!(this.fut.poll(cx));
         let finished = crate::clock::polled();
         let local = &**this.local;
         let kind = local.classifier.classify(result.as_ref()).kind();
@@ -298,8 +331,13 @@ where
             finished.saturating_duration_since(*this.started),
             provenance,
             this.operation.as_deref(),
-            &local.primary,
+            &local.primary.name,
         );
+        if local.primary.names_answers
+            && let Ok(res) = &mut result
+        {
+            local.provenance.name_tier(res, &local.primary.name);
+        }
         Poll::Ready(result)
     }
 }
