@@ -22,13 +22,15 @@
 //! What this approximates: work a layer between two timing layers does synchronously in
 //! `call` or in `poll` after its inner call or future returned is not counted by the outer
 //! timing layer. Tower services do their work in futures, and the layers of this crate that
-//! go on to more work say so, so in practice the readings agree to a few nanoseconds. Readings come from [`tokio::time::Instant`], so paused time applies.
+//! go on to more work say so, so in practice the readings agree to a few nanoseconds.
+//! Readings come from [`tokio::time::Instant`], so paused time applies.
 
 use std::cell::Cell;
 use tokio::time::Instant;
 
 thread_local! {
-    /// The reading of the `call` in progress on this thread, if a timing layer opened one.
+    /// The reading taken when the innermost timing layer's call started, since the last
+    /// `calling`.
     static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The reading taken when the innermost timing layer's future finished in this poll.
     static FINISHED: Cell<Option<Instant>> = const { Cell::new(None) };
