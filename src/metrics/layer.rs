@@ -25,6 +25,10 @@ pub trait ReadProvenance<Res> {
     /// own (still [`PRIMARY_TIER`]). Used by an [`InferenceStack`](crate::stack::InferenceStack)
     /// without a fallback layer, so that answers carry the name its metrics count them under.
     /// Does nothing by default.
+    #[allow(
+        clippy::ptr_arg,
+        reason = "the name is cloned as a `Cow`, so a `&'static str` name is never copied"
+    )]
     fn name_tier(&self, res: &mut Res, tier: &Cow<'static, str>) {
         let _ = (res, tier);
     }
