@@ -47,14 +47,7 @@ pub(crate) fn calling() {
 /// took, else a new one, then shared with the timing layers around this one.
 #[inline]
 pub(crate) fn called() -> Instant {
-    STARTED.with(|s| match s.get() {
-        Some(at) => at,
-        None => {
-            let at = Instant::now();
-            s.set(Some(at));
-            at
-        }
-    })
+    STARTED.with(reuse_or_read)
 }
 
 /// Clears this thread's end reading before a timing layer polls inward, so that only a
@@ -69,21 +62,24 @@ pub(crate) fn polling() {
 /// this one. Call it only when the inner future is ready.
 #[inline]
 pub(crate) fn polled() -> Instant {
-    FINISHED.with(|f| match f.get() {
-        Some(at) => at,
-        None => {
-            let at = Instant::now();
-            f.set(Some(at));
-            at
-        }
-    })
+    FINISHED.with(reuse_or_read)
 }
 
 /// Drops this poll's end reading: the caller goes on to other work (another attempt or
 /// tier), so the moment something finished earlier in the poll is no longer "now".
 #[inline]
 pub(crate) fn moved_on() {
-    FINISHED.with(|f| f.set(None));
+    polling();
+}
+
+/// The reading in `cell`, else a new one left there.
+#[inline]
+fn reuse_or_read(cell: &Cell<Option<Instant>>) -> Instant {
+    cell.get().unwrap_or_else(|| {
+        let now = Instant::now();
+        cell.set(Some(now));
+        now
+    })
 }
 
 #[cfg(test)]
