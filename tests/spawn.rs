@@ -250,6 +250,27 @@ whole_stack! {
         user_model(), |p: &Prompt| p.text.to_string();
 }
 
+/// A stack with no fallback layer: its backend metrics stage names the answers, spawned over
+/// tower's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_without_fallback_over_tower_timeout_names_its_answers() {
+    let layer = InferenceStack::new("big")
+        .metrics(&ErrorMetrics::new())
+        .degrade(DegradeLayer::builder().in_flight_capacity(8))
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .timeout(Duration::from_secs(1))
+        .build();
+    let svc = ServiceBuilder::new().layer(layer).service(gpu());
+    error_type::<_, _, BoxError>(&svc);
+    spawn_calls!(svc.clone(), InferenceRequest::new("hi").max_tokens(4));
+    let answer = tokio::spawn(svc.oneshot(InferenceRequest::new("hi").max_tokens(4)))
+        .await
+        .expect("task")
+        .expect("an answer");
+    assert_eq!(answer.provenance.tier, "big");
+}
+
 #[cfg(feature = "client")]
 #[path = "support/upstream.rs"]
 mod upstream;
