@@ -59,7 +59,7 @@ fn memory_after_distinct_errors() {
         println!(
             "metrics memory after 1 000 000 distinct errors: {entries} pattern entries (bound 16 x top-K = {}), {} errors counted, top pattern count {}",
             16 * 32,
-            snapshot.stages[0].errors["infrastructure"],
+            snapshot.stages[0].errors[&tower_inference::ErrorKind::Infrastructure],
             snapshot.stages[0].top_patterns[0].count,
         );
     });

@@ -36,7 +36,9 @@ use crate::error::ErrorKind;
 use crate::provenance::Quality;
 
 /// The state of a circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// Calls pass and their outcomes are recorded.

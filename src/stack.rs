@@ -207,11 +207,13 @@ macro_rules! with {
 
 impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T> {
     /// Records every call into `metrics` at two stages, [`EDGE_STAGE`] (outermost) and
-    /// [`BACKEND_STAGE`] (innermost, one record per attempt), and makes `metrics` a sink of
-    /// every layer's events.
+    /// [`BACKEND_STAGE`] (innermost, one record per attempt), makes `metrics` a sink of
+    /// every layer's events, and has it watch the built layers: the breaker's state, the
+    /// retry budget's balance (under the primary tier's name) and the degradation level.
     pub fn metrics(mut self, metrics: &ErrorMetrics) -> InferenceStack<Metrics, F, D, R, B, T> {
         self.sinks.push(Arc::new(metrics.clone()));
         let parts = Metrics {
+            collector: metrics.clone(),
             edge: MetricsLayer::new(metrics, EDGE_STAGE),
             backend: MetricsLayer::new(metrics, BACKEND_STAGE),
         };
@@ -283,6 +285,7 @@ where
                 _ => Some(Emitter::new(Fanout(self.sinks))),
             },
         };
+        let collector = self.metrics.collector();
         let (edge, backend) = self.metrics.wire(&wiring, !F::NAMES_ANSWERS);
         let breaker = self.breaker.wire(&wiring);
         let retry = self.retry.wire(&wiring);
@@ -291,6 +294,17 @@ where
         B::collect(&breaker, &mut handles);
         R::collect(&retry, &mut handles);
         D::collect(&degrade, &mut handles);
+        if let Some(metrics) = collector {
+            if let Some(breaker) = &handles.breaker {
+                metrics.watch_breaker(breaker);
+            }
+            if let Some(budget) = &handles.budget {
+                metrics.watch_retry_budget(wiring.primary.to_string(), budget);
+            }
+            if let Some(degrade) = &handles.degrade {
+                metrics.watch_degrade(degrade);
+            }
+        }
         let layers = Stack::new(
             self.timeout.wire(&wiring),
             Stack::new(
@@ -440,6 +454,7 @@ impl fmt::Debug for Wiring {
 /// The metrics part of a stack: the edge and backend stages of one collector.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    collector: ErrorMetrics,
     edge: MetricsLayer,
     backend: MetricsLayer,
 }
@@ -472,6 +487,11 @@ pub trait MetricsPart: sealed::Sealed {
     /// Builds both stages with the stack's primary tier name; with `names_answers`, the
     /// backend stage also writes that name on the answers that name no tier.
     fn wire(self, wiring: &Wiring, names_answers: bool) -> (Self::Edge, Self::Backend);
+    /// The collector, which watches the built layers' handles (breaker state, retry budget
+    /// balance, degradation level).
+    fn collector(&self) -> Option<ErrorMetrics> {
+        None
+    }
 }
 
 macro_rules! simple_part {
@@ -531,6 +551,10 @@ impl sealed::Sealed for Metrics {}
 impl MetricsPart for Metrics {
     type Edge = MetricsLayer;
     type Backend = MetricsLayer;
+
+    fn collector(&self) -> Option<ErrorMetrics> {
+        Some(self.collector.clone())
+    }
 
     fn wire(self, wiring: &Wiring, names_answers: bool) -> (MetricsLayer, MetricsLayer) {
         let backend = self.backend.primary_tier(wiring.primary.clone());

@@ -3,47 +3,114 @@
 //! Where `promtool` is missing this test says it was skipped, unless
 //! `TOWER_INFERENCE_REQUIRE_PROMTOOL` is set (CI sets it), in which case it fails.
 
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 mod support;
 
 use support::all_events;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_inference::breaker::BreakerLayer;
+use tower_inference::degrade::DegradeLayer;
+use tower_inference::health::Health;
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
+use tower_inference::retry::RetryBudget;
 use tower_inference::{Emitter, InferenceError, Quality, Served};
 
 #[tokio::test(start_paused = true)]
 async fn promtool_accepts_a_full_snapshot() {
-    let metrics = ErrorMetrics::new();
+    let metrics = ErrorMetrics::builder().max_stages(1).build();
+    let edge = MetricsLayer::new(&metrics, "edge").operation(|n: &u32| format!("op \"{n}\""));
     let svc = ServiceBuilder::new()
-        .layer(MetricsLayer::new(&metrics, "edge").operation(|n: &u32| format!("op \"{n}\"")))
+        .layer(edge)
         .service(service_fn(|n: u32| async move {
-            match n % 3 {
+            match n % 4 {
                 0 => Err(InferenceError::Timeout {
                     after: Duration::from_secs(1),
                 }),
                 1 => {
                     let mut s = Served::new(());
-                    s.provenance.set_tier("cache", Quality::Stale);
+                    s.provenance
+                        .set_tier("cache", Quality::Stale)
+                        .set_fallback(true)
+                        .set_cache_age(Duration::from_secs(90));
                     Ok(s)
                 }
+                2 => Err(InferenceError::invalid_input("empty prompt")),
                 _ => Ok(Served::new(())),
             }
         }));
-    for n in 0..30 {
+    // A quiet baseline, then a burst: a spike.
+    for n in 0..8 {
         let _ = svc.clone().oneshot(n).await;
     }
+    tokio::time::advance(Duration::from_secs(600)).await;
+    for n in 0..80 {
+        let _ = svc.clone().oneshot(n).await;
+    }
+    // More tiers than a stage keeps apart.
+    let many = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "edge"))
+        .service(service_fn(|n: u32| async move {
+            let mut s = Served::new(());
+            s.provenance.set_tier(format!("tier-{n}"), Quality::Minimal);
+            Ok::<_, InferenceError>(s)
+        }));
+    for n in 0..20 {
+        many.clone().oneshot(n).await.unwrap();
+    }
+    // A stage past the bound, and a call still in flight there.
+    let extra = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "extra"))
+        .service(service_fn(|()| {
+            std::future::pending::<Result<Served<()>, InferenceError>>()
+        }));
+    let _in_flight = extra.oneshot(());
+    let mut pending = std::pin::pin!(_in_flight);
+    assert!(futures_poll_once(pending.as_mut()).await);
+
     let emitter = Emitter::new(metrics.clone());
     let quality = Quality::Stale;
     for event in all_events(&quality) {
         emitter.emit(&event);
     }
+    metrics.watch_breaker(&BreakerLayer::new().handle());
+    metrics.watch_retry_budget("llama-70b", &Arc::new(RetryBudget::default()));
+    metrics.watch_degrade(&DegradeLayer::builder().build().handle());
+    let health = Health::builder()
+        .check("feature_store", false, Duration::from_secs(1), || async {
+            Ok(())
+        })
+        .metrics(&metrics)
+        .build();
+    health.ready().await;
+
     let text = metrics.render_prometheus();
     assert!(
         text.contains("tower_inference_error_spike{"),
         "a spike is present:\n{text}"
+    );
+    // Every family has a sample.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(name)),
+            "{name} has no sample:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(r#"tower_inference_in_flight{overflow="true"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tower_inference_tier_answers_total{stage="edge",overflow="true"} 6"#),
+        "{text}"
     );
 
     let required = std::env::var_os("TOWER_INFERENCE_REQUIRE_PROMTOOL").is_some();
@@ -78,4 +145,10 @@ async fn promtool_accepts_a_full_snapshot() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Polls `fut` once; true if it is still pending.
+async fn futures_poll_once<F: Future>(fut: Pin<&mut F>) -> bool {
+    let mut fut = Some(fut);
+    std::future::poll_fn(|cx| Poll::Ready(fut.take().unwrap().poll(cx).is_pending())).await
 }

@@ -154,12 +154,63 @@ async fn one_sink_sees_events_from_every_layer() {
     }
     // The metrics collector is a sink of the same layers.
     let snapshot = rig.metrics.snapshot();
-    assert_eq!(snapshot.breaker_transitions.get("llama-70b|open"), Some(&1));
+    assert_eq!(
+        snapshot
+            .breaker_transitions
+            .get(&("llama-70b".to_owned(), CircuitState::Open)),
+        Some(&1)
+    );
     assert!(snapshot.breaker_rejections.get("llama-70b") >= Some(&1));
-    assert!(snapshot.retries.get("infrastructure") >= Some(&1));
-    assert!(snapshot.tiers_failed.get("llama-70b|infrastructure") >= Some(&1));
+    assert!(snapshot.retries.get(&ErrorKind::Infrastructure) >= Some(&1));
+    assert!(
+        snapshot
+            .tiers_failed
+            .get(&("llama-70b".to_owned(), ErrorKind::Infrastructure))
+            >= Some(&1)
+    );
     assert!(snapshot.tiers_served.get("llama-8b") >= Some(&1));
     assert_eq!(snapshot.degradation_level.as_deref(), Some("minimal"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_collector_watches_the_stacks_breaker_budget_and_degrade_layer() {
+    let rig = rig();
+    // Before any call or transition, the gauges are there.
+    let snapshot = rig.metrics.snapshot();
+    assert_eq!(
+        snapshot.breaker_states.get("llama-70b"),
+        Some(&CircuitState::Closed)
+    );
+    assert_eq!(snapshot.retry_budgets.get("llama-70b"), Some(&100));
+    assert_eq!(snapshot.degradation_level.as_deref(), Some("full"));
+    assert_eq!(snapshot.degradation_load, Some(0.0));
+    let text = rig.metrics.render_prometheus();
+    for line in [
+        r#"tower_inference_breaker_state{breaker="llama-70b",state="closed"} 1"#,
+        r#"tower_inference_breaker_state{breaker="llama-70b",state="open"} 0"#,
+        r#"tower_inference_retry_budget_balance{budget="llama-70b"} 100"#,
+        r#"tower_inference_degradation_level{level="full"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
+    rig.primary.kill();
+    for i in 0..4 {
+        rig.svc
+            .clone()
+            .oneshot(request(&format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    let snapshot = rig.metrics.snapshot();
+    assert_eq!(
+        snapshot.breaker_states.get("llama-70b"),
+        Some(&CircuitState::Open)
+    );
+    // Retries drew on the budget.
+    assert!(snapshot.retry_budgets["llama-70b"] < 100, "{snapshot:?}");
+    let text = rig.metrics.render_prometheus();
+    assert!(text.contains(r#"tower_inference_breaker_state{breaker="llama-70b",state="open"} 1"#));
 }
 
 #[tokio::test(start_paused = true)]

@@ -279,14 +279,17 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let operation = self.operation.label(&req);
+        let local = self.local.here().clone();
+        local.stage.start();
         ResponseFuture {
             fut: {
                 crate::clock::calling();
                 self.inner.call(req)
             },
-            local: self.local.here().clone(),
+            local,
             operation,
             started: crate::clock::called(),
+            done: false,
         }
     }
 }
@@ -299,6 +302,16 @@ pin_project! {
         local: Arc<Local<C, P>>,
         operation: Option<String>,
         started: Instant,
+        done: bool,
+    }
+
+    impl<F, C, P> PinnedDrop for ResponseFuture<F, C, P> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before it completed: the caller hung up (or a timeout cut it).
+            if !this.done {
+                this.local.stage.cancel();
+            }
+        }
     }
 }
 
@@ -324,6 +337,7 @@ where
         crate::clock::polling();
         let mut result = ready!(this.fut.poll(cx));
         let finished = crate::clock::polled();
+        *this.done = true;
         let local = &**this.local;
         let kind = local.classifier.classify(result.as_ref()).kind();
         let provenance = result

@@ -1,12 +1,454 @@
-//! Prometheus text exposition (format 0.0.4) of an [`ErrorMetrics`] snapshot.
+//! The metric families of an [`ErrorMetrics`] snapshot, and their Prometheus text exposition
+//! (format 0.0.4). The same families feed the `prometheus-client` registry integration.
 
 use std::fmt::Write as _;
 
-use super::collector::{ErrorMetrics, MetricsSnapshot};
+use super::collector::{ErrorMetrics, LatencySnapshot, MetricsSnapshot, StageSnapshot};
+use crate::event::CircuitState;
+
+/// A metric family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Type {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One series' value.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Number(f64),
+    Histogram {
+        /// Count per bucket, not cumulative, with finite upper bounds in seconds; the `+Inf`
+        /// bucket is `count` minus their sum.
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+/// One series: its labels and value.
+#[derive(Debug, Clone)]
+pub(crate) struct Series {
+    pub(crate) labels: Vec<(&'static str, String)>,
+    pub(crate) value: Value,
+}
+
+/// A metric family. A counter's `name` leaves out the `_total` its samples carry.
+#[derive(Debug, Clone)]
+pub(crate) struct Family {
+    pub(crate) name: String,
+    pub(crate) help: &'static str,
+    pub(crate) kind: Type,
+    pub(crate) series: Vec<Series>,
+}
+
+/// Builds the families of a snapshot.
+struct Families<'a> {
+    prefix: &'a str,
+    out: Vec<Family>,
+}
+
+impl Families<'_> {
+    fn family(&mut self, name: &str, kind: Type, help: &'static str) -> &mut Vec<Series> {
+        self.out.push(Family {
+            name: format!("{}_{name}", self.prefix),
+            help,
+            kind,
+            series: Vec::new(),
+        });
+        &mut self.out.last_mut().expect("just pushed").series
+    }
+}
+
+/// The stage's label: `stage="name"`, or `overflow="true"` for the overflow stage (the
+/// convention OpenTelemetry uses for its cardinality limit), so that no real stage name can
+/// be mistaken for it.
+fn stage(st: &StageSnapshot) -> (&'static str, String) {
+    if st.overflow {
+        ("overflow", "true".to_owned())
+    } else {
+        ("stage", st.stage.clone())
+    }
+}
+
+fn number(labels: Vec<(&'static str, String)>, value: f64) -> Series {
+    Series {
+        labels,
+        value: Value::Number(value),
+    }
+}
+
+fn histogram(labels: Vec<(&'static str, String)>, l: &LatencySnapshot) -> Series {
+    let mut below = 0;
+    Series {
+        labels,
+        value: Value::Histogram {
+            buckets: l
+                .buckets
+                .iter()
+                .map(|(bound, cumulative)| {
+                    let n = cumulative - below;
+                    below = *cumulative;
+                    (bound.as_secs_f64(), n)
+                })
+                .collect(),
+            sum: l.sum.as_secs_f64(),
+            count: l.count,
+        },
+    }
+}
+
+const STATES: [CircuitState; 5] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+    CircuitState::ForcedOpen,
+    CircuitState::Disabled,
+];
+
+/// Every metric family of `s`, names prefixed with `prefix`.
+pub(crate) fn families(s: &MetricsSnapshot, prefix: &str) -> Vec<Family> {
+    let mut f = Families {
+        prefix,
+        out: Vec::new(),
+    };
+    let stages = &s.stages;
+    let each = |f: &mut Vec<Series>, value: &dyn Fn(&StageSnapshot) -> f64| {
+        f.extend(stages.iter().map(|st| number(vec![stage(st)], value(st))));
+    };
+
+    each(
+        f.family("calls", Type::Counter, "Calls completed, by stage."),
+        &|st| st.calls as f64,
+    );
+    each(
+        f.family(
+            "calls_cancelled",
+            Type::Counter,
+            "Calls dropped before they completed (the caller hung up), by stage.",
+        ),
+        &|st| st.cancelled as f64,
+    );
+    each(
+        f.family(
+            "in_flight",
+            Type::Gauge,
+            "Calls started and not yet completed, by stage.",
+        ),
+        &|st| st.in_flight as f64,
+    );
+
+    let series = f.family(
+        "errors",
+        Type::Counter,
+        "Failed calls, by stage, error kind and fault (caller or server).",
+    );
+    for st in stages {
+        for (kind, n) in &st.errors {
+            series.push(number(
+                vec![stage(st), ("kind", kind.code().to_owned()), fault(*kind)],
+                *n as f64,
+            ));
+        }
+    }
+
+    let series = f.family(
+        "error_rate_per_minute",
+        Type::Gauge,
+        "Errors per minute over a trailing window (1m, 5m, 1h), or over the uptime when shorter.",
+    );
+    for st in stages {
+        for (kind, r) in &st.rates {
+            for (window, value) in [
+                ("1m", r.per_minute_1m),
+                ("5m", r.per_minute_5m),
+                ("1h", r.per_minute_1h),
+            ] {
+                series.push(number(
+                    vec![
+                        stage(st),
+                        ("kind", kind.code().to_owned()),
+                        fault(*kind),
+                        ("window", window.to_owned()),
+                    ],
+                    value,
+                ));
+            }
+        }
+    }
+
+    let series = f.family(
+        "error_spike",
+        Type::Gauge,
+        "1 while a server-side error kind spikes: at least the minimum count in the last minute, at a rate above the multiplier times the rate before.",
+    );
+    for st in stages {
+        for spike in &st.spikes {
+            series.push(number(
+                vec![stage(st), ("kind", spike.kind.code().to_owned())],
+                1.0,
+            ));
+        }
+    }
+
+    let pattern_labels = |st: &StageSnapshot, p: &super::collector::Pattern| {
+        vec![
+            stage(st),
+            ("kind", p.kind.code().to_owned()),
+            ("operation", p.operation.clone()),
+        ]
+    };
+    let series = f.family(
+        "error_pattern_occurrences",
+        Type::Gauge,
+        "Occurrences of the most frequent error patterns (kind and operation); may exceed the true count by the overestimate.",
+    );
+    for st in stages {
+        for p in &st.top_patterns {
+            series.push(number(pattern_labels(st, p), p.count as f64));
+        }
+    }
+    let series = f.family(
+        "error_pattern_overestimate",
+        Type::Gauge,
+        "How much of an error pattern's occurrences may belong to patterns it displaced.",
+    );
+    for st in stages {
+        for p in &st.top_patterns {
+            series.push(number(pattern_labels(st, p), p.overestimate as f64));
+        }
+    }
+
+    let series = f.family(
+        "latency_seconds",
+        Type::Histogram,
+        "Latency of completed calls, by stage.",
+    );
+    series.extend(
+        stages
+            .iter()
+            .map(|st| histogram(vec![stage(st)], &st.latency)),
+    );
+    let series = f.family(
+        "primary_latency_seconds",
+        Type::Histogram,
+        "Latency of the answers from the primary tier (not a fallback), by stage.",
+    );
+    series.extend(
+        stages
+            .iter()
+            .map(|st| histogram(vec![stage(st)], &st.primary_latency)),
+    );
+    // A gauge, not a summary: the `prometheus-client` registry has no summary type, and
+    // these are since start. Windowed percentiles come from the histogram.
+    let series = f.family(
+        "latency_percentile_seconds",
+        Type::Gauge,
+        "Latency percentiles (50, 90, 99, 100) of completed calls since start, by stage, within 3.2 %.",
+    );
+    for st in stages {
+        let l = &st.latency;
+        for (p, v) in [("50", l.p50), ("90", l.p90), ("99", l.p99), ("100", l.max)] {
+            series.push(number(
+                vec![stage(st), ("percentile", p.to_owned())],
+                v.as_secs_f64(),
+            ));
+        }
+    }
+
+    let series = f.family(
+        "tier_answers",
+        Type::Counter,
+        "Answers by the tier that gave them; tiers past the first 16 names count in the series labelled overflow=\"true\".",
+    );
+    for st in stages {
+        for (tier, n) in &st.tiers {
+            series.push(number(vec![stage(st), ("tier", tier.clone())], *n as f64));
+        }
+        if st.tiers_overflow > 0 {
+            // The overflow stage already carries `overflow="true"`.
+            let mut labels = vec![stage(st)];
+            if !st.overflow {
+                labels.push(("overflow", "true".to_owned()));
+            }
+            series.push(number(labels, st.tiers_overflow as f64));
+        }
+    }
+    each(
+        f.family(
+            "primary_answers",
+            Type::Counter,
+            "Answers from the primary tier (tier 1, not a fallback), by stage.",
+        ),
+        &|st| st.primary_answers as f64,
+    );
+    each(
+        f.family(
+            "full_or_reduced_answers",
+            Type::Counter,
+            "Answers at full or reduced quality (tier 1 or 2), by stage.",
+        ),
+        &|st| st.full_or_reduced_answers as f64,
+    );
+    each(
+        f.family(
+            "primary_share",
+            Type::Gauge,
+            "Share of answers from the primary tier since start.",
+        ),
+        &|st| st.primary_share,
+    );
+    each(
+        f.family(
+            "full_or_reduced_share",
+            Type::Gauge,
+            "Share of answers at full or reduced quality (tier 1 or 2) since start.",
+        ),
+        &|st| st.full_or_reduced_share,
+    );
+    each(
+        f.family(
+            "sla_breached",
+            Type::Gauge,
+            "1 while the primary tier's share is under the SLA.",
+        ),
+        &|st| f64::from(u8::from(st.sla_breached)),
+    );
+    let series = f.family(
+        "cache_age_seconds",
+        Type::Gauge,
+        "Age of the cached answer last served, by stage.",
+    );
+    for st in stages {
+        if let Some(age) = st.cache_age {
+            series.push(number(vec![stage(st)], age.as_secs_f64()));
+        }
+    }
+
+    let series = f.family(
+        "breaker_state",
+        Type::Gauge,
+        "1 for each circuit breaker's current state, 0 for the others.",
+    );
+    for (breaker, state) in &s.breaker_states {
+        for candidate in STATES {
+            series.push(number(
+                vec![
+                    ("breaker", breaker.clone()),
+                    ("state", candidate.as_str().to_owned()),
+                ],
+                f64::from(u8::from(candidate == *state)),
+            ));
+        }
+    }
+    let series = f.family(
+        "breaker_transitions",
+        Type::Counter,
+        "Circuit breaker transitions, by breaker and state entered.",
+    );
+    for ((breaker, to), n) in &s.breaker_transitions {
+        series.push(number(
+            vec![("breaker", breaker.clone()), ("to", to.as_str().to_owned())],
+            *n as f64,
+        ));
+    }
+    let series = f.family(
+        "breaker_rejections",
+        Type::Counter,
+        "Calls rejected by an open breaker.",
+    );
+    for (breaker, n) in &s.breaker_rejections {
+        series.push(number(vec![("breaker", breaker.clone())], *n as f64));
+    }
+    let series = f.family(
+        "retries",
+        Type::Counter,
+        "Retries scheduled, by the error kind retried.",
+    );
+    for (kind, n) in &s.retries {
+        series.push(number(vec![("kind", kind.code().to_owned())], *n as f64));
+    }
+    f.family(
+        "retry_budget_exhausted",
+        Type::Counter,
+        "Retries refused by an empty retry budget.",
+    )
+    .push(number(Vec::new(), s.budget_exhausted as f64));
+    let series = f.family(
+        "retry_budget_balance",
+        Type::Gauge,
+        "Retries each watched retry budget would allow now.",
+    );
+    for (budget, n) in &s.retry_budgets {
+        series.push(number(vec![("budget", budget.clone())], *n as f64));
+    }
+    let series = f.family(
+        "fallback_served",
+        Type::Counter,
+        "Answers from fallback tiers, by tier.",
+    );
+    for (tier, n) in &s.tiers_served {
+        series.push(number(vec![("tier", tier.clone())], *n as f64));
+    }
+    let series = f.family(
+        "tier_failures",
+        Type::Counter,
+        "Tier failures in fallback chains, by tier and error kind.",
+    );
+    for ((tier, kind), n) in &s.tiers_failed {
+        series.push(number(
+            vec![("tier", tier.clone()), ("kind", kind.code().to_owned())],
+            *n as f64,
+        ));
+    }
+    f.family(
+        "cache_failures",
+        Type::Counter,
+        "Fallback cache store failures.",
+    )
+    .push(number(Vec::new(), s.cache_failures as f64));
+    let series = f.family(
+        "degradation_level",
+        Type::Gauge,
+        "1 for the current degradation level.",
+    );
+    if let Some(level) = &s.degradation_level {
+        series.push(number(vec![("level", level.clone())], 1.0));
+    }
+    let series = f.family(
+        "degradation_load",
+        Type::Gauge,
+        "The watched degrade layer's load, 0 to 1.",
+    );
+    if let Some(load) = s.degradation_load {
+        series.push(number(Vec::new(), load));
+    }
+    let series = f.family(
+        "health_check_up",
+        Type::Gauge,
+        "1 if a health check (the inference canary included) passed its latest run, else 0.",
+    );
+    for (check, up) in &s.health_checks {
+        series.push(number(
+            vec![("check", check.clone())],
+            f64::from(u8::from(*up)),
+        ));
+    }
+    f.out
+}
+
+fn fault(kind: crate::ErrorKind) -> (&'static str, String) {
+    let fault = if kind.is_caller_fault() {
+        "caller"
+    } else {
+        "server"
+    };
+    ("fault", fault.to_owned())
+}
 
 /// Escapes a label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+fn escape(value: &str, out: &mut String) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -15,239 +457,84 @@ fn escape(value: &str) -> String {
             c => out.push(c),
         }
     }
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, String)], le: Option<&str>, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        let le = le.map(|le| ("le", le.to_owned()));
+        for (i, (key, val)) in labels.iter().chain(&le).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{key}=\"");
+            escape(val, out);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// The Prometheus text exposition of `families`.
+pub(crate) fn render(families: &[Family]) -> String {
+    let mut out = String::new();
+    for family in families {
+        let (name, kind) = match family.kind {
+            Type::Counter => (format!("{}_total", family.name), "counter"),
+            Type::Gauge => (family.name.clone(), "gauge"),
+            Type::Histogram => (family.name.clone(), "histogram"),
+        };
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for series in &family.series {
+            match &series.value {
+                Value::Number(v) => sample(&mut out, &name, &series.labels, None, *v),
+                Value::Histogram {
+                    buckets,
+                    sum,
+                    count,
+                } => {
+                    let bucket = format!("{name}_bucket");
+                    let mut cumulative = 0;
+                    for (bound, n) in buckets {
+                        cumulative += n;
+                        let le = bound.to_string();
+                        sample(
+                            &mut out,
+                            &bucket,
+                            &series.labels,
+                            Some(&le),
+                            cumulative as f64,
+                        );
+                    }
+                    sample(
+                        &mut out,
+                        &bucket,
+                        &series.labels,
+                        Some("+Inf"),
+                        *count as f64,
+                    );
+                    sample(&mut out, &format!("{name}_sum"), &series.labels, None, *sum);
+                    sample(
+                        &mut out,
+                        &format!("{name}_count"),
+                        &series.labels,
+                        None,
+                        *count as f64,
+                    );
+                }
+            }
+        }
+    }
     out
 }
-
-/// Writes one metric family: its HELP and TYPE lines, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl Family<'_> {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape(val));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-const P: &str = "tower_inference";
 
 impl ErrorMetrics {
-    /// The metrics in Prometheus text exposition format, every family with HELP and TYPE lines
-    /// and label values escaped.
+    /// The metrics in Prometheus text exposition format (0.0.4): every family with HELP and
+    /// TYPE lines, latency as histograms, label values escaped.
     pub fn render_prometheus(&self) -> String {
-        render(&self.snapshot())
+        render(&families(&self.snapshot(), &self.inner.settings.prefix))
     }
-}
-
-fn render(s: &MetricsSnapshot) -> String {
-    let mut out = String::new();
-    let mut f = Family { out: &mut out };
-
-    let name = format!("{P}_calls_total");
-    f.header(&name, "counter", "Calls completed, by stage.");
-    for st in &s.stages {
-        f.sample(&name, &[("stage", &st.stage)], st.calls as f64);
-    }
-
-    let name = format!("{P}_errors_total");
-    f.header(&name, "counter", "Failed calls, by stage and error kind.");
-    for st in &s.stages {
-        for (kind, n) in &st.errors {
-            f.sample(&name, &[("stage", &st.stage), ("kind", kind)], *n as f64);
-        }
-    }
-
-    let name = format!("{P}_error_rate_per_minute");
-    f.header(
-        &name,
-        "gauge",
-        "Errors per minute over a trailing window (1m, 5m, 1h).",
-    );
-    for st in &s.stages {
-        for (kind, r) in &st.rates {
-            for (window, value) in [
-                ("1m", r.per_minute_1m),
-                ("5m", r.per_minute_5m),
-                ("1h", r.per_minute_1h),
-            ] {
-                f.sample(
-                    &name,
-                    &[("stage", &st.stage), ("kind", kind), ("window", window)],
-                    value,
-                );
-            }
-        }
-    }
-
-    let name = format!("{P}_error_spike");
-    f.header(
-        &name,
-        "gauge",
-        "1 while an error kind's 1-minute rate exceeds its 1-hour rate times the spike multiplier.",
-    );
-    for st in &s.stages {
-        for spike in &st.spikes {
-            f.sample(
-                &name,
-                &[("stage", &st.stage), ("kind", spike.kind.code())],
-                1.0,
-            );
-        }
-    }
-
-    let name = format!("{P}_error_pattern_occurrences");
-    f.header(
-        &name,
-        "gauge",
-        "Occurrences of the most frequent error patterns (kind and operation), approximate.",
-    );
-    for st in &s.stages {
-        for p in &st.top_patterns {
-            f.sample(
-                &name,
-                &[
-                    ("stage", &st.stage),
-                    ("kind", &p.kind),
-                    ("operation", &p.operation),
-                ],
-                p.count as f64,
-            );
-        }
-    }
-
-    let name = format!("{P}_latency_seconds");
-    f.header(&name, "summary", "Call latency, by stage.");
-    for st in &s.stages {
-        let l = &st.latency;
-        for (q, v) in [
-            ("0.5", l.p50),
-            ("0.9", l.p90),
-            ("0.99", l.p99),
-            ("1", l.max),
-        ] {
-            f.sample(
-                &name,
-                &[("stage", &st.stage), ("quantile", q)],
-                v.as_secs_f64(),
-            );
-        }
-        f.sample(
-            &format!("{name}_sum"),
-            &[("stage", &st.stage)],
-            l.sum.as_secs_f64(),
-        );
-        f.sample(
-            &format!("{name}_count"),
-            &[("stage", &st.stage)],
-            l.count as f64,
-        );
-    }
-
-    let name = format!("{P}_tier_answers_total");
-    f.header(&name, "counter", "Answers by the tier that gave them.");
-    for st in &s.stages {
-        for (tier, n) in &st.tiers {
-            f.sample(&name, &[("stage", &st.stage), ("tier", tier)], *n as f64);
-        }
-    }
-
-    let name = format!("{P}_primary_share");
-    f.header(&name, "gauge", "Share of answers from the primary tier.");
-    for st in &s.stages {
-        f.sample(&name, &[("stage", &st.stage)], st.primary_share);
-    }
-    let name = format!("{P}_full_or_reduced_share");
-    f.header(
-        &name,
-        "gauge",
-        "Share of answers at full or reduced quality (tier 1 or 2).",
-    );
-    for st in &s.stages {
-        f.sample(&name, &[("stage", &st.stage)], st.full_or_reduced_share);
-    }
-    let name = format!("{P}_sla_breached");
-    f.header(
-        &name,
-        "gauge",
-        "1 while the primary tier's share is under the SLA.",
-    );
-    for st in &s.stages {
-        f.sample(
-            &name,
-            &[("stage", &st.stage)],
-            f64::from(u8::from(st.sla_breached)),
-        );
-    }
-
-    let name = format!("{P}_breaker_transitions_total");
-    f.header(
-        &name,
-        "counter",
-        "Circuit breaker transitions, by breaker and state entered.",
-    );
-    for (key, n) in &s.breaker_transitions {
-        let (breaker, to) = key.rsplit_once('|').unwrap_or((key.as_str(), ""));
-        f.sample(&name, &[("breaker", breaker), ("to", to)], *n as f64);
-    }
-    let name = format!("{P}_breaker_rejections_total");
-    f.header(&name, "counter", "Calls rejected by an open breaker.");
-    for (breaker, n) in &s.breaker_rejections {
-        f.sample(&name, &[("breaker", breaker)], *n as f64);
-    }
-    let name = format!("{P}_retries_total");
-    f.header(
-        &name,
-        "counter",
-        "Retries scheduled, by the error kind retried.",
-    );
-    for (kind, n) in &s.retries {
-        f.sample(&name, &[("kind", kind)], *n as f64);
-    }
-    let name = format!("{P}_retry_budget_exhausted_total");
-    f.header(
-        &name,
-        "counter",
-        "Retries refused by an empty retry budget.",
-    );
-    f.sample(&name, &[], s.budget_exhausted as f64);
-    let name = format!("{P}_fallback_served_total");
-    f.header(&name, "counter", "Answers from fallback tiers, by tier.");
-    for (tier, n) in &s.tiers_served {
-        f.sample(&name, &[("tier", tier)], *n as f64);
-    }
-    let name = format!("{P}_tier_failures_total");
-    f.header(
-        &name,
-        "counter",
-        "Tier failures in fallback chains, by tier and error kind.",
-    );
-    for (key, n) in &s.tiers_failed {
-        let (tier, kind) = key.rsplit_once('|').unwrap_or((key.as_str(), ""));
-        f.sample(&name, &[("tier", tier), ("kind", kind)], *n as f64);
-    }
-    let name = format!("{P}_cache_failures_total");
-    f.header(&name, "counter", "Fallback cache store failures.");
-    f.sample(&name, &[], s.cache_failures as f64);
-    let name = format!("{P}_degradation_level");
-    f.header(&name, "gauge", "1 for the current degradation level.");
-    if let Some(level) = &s.degradation_level {
-        f.sample(&name, &[("level", level)], 1.0);
-    }
-    out
 }

@@ -18,7 +18,8 @@ impl SpaceSaving {
     pub(crate) fn new(k: usize) -> Self {
         SpaceSaving {
             k: k.max(1),
-            counts: HashMap::with_capacity(k.max(1)),
+            // Grown as patterns arrive: a large `k` reserves nothing up front.
+            counts: HashMap::new(),
         }
     }
 

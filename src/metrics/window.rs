@@ -9,7 +9,9 @@ const BUCKETS: usize = 360;
 /// Counts per 10-second bucket over the last hour.
 pub(crate) type RateRing = PeriodRing<BUCKETS>;
 
-/// Errors per minute over the last 1, 5 and 60 minutes.
+/// Errors per minute over the last 1, 5 and 60 minutes; a window longer than the time its
+/// stage has existed is divided by that time (at least a minute), not by the window's length,
+/// so rates read right from the start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Rates {
     /// Errors per minute over the last minute.
@@ -21,10 +23,14 @@ pub struct Rates {
 }
 
 impl Rates {
-    pub(crate) fn of(ring: &RateRing, now: u32) -> Self {
-        let per = |minutes: u64| {
-            let periods = (minutes * 60 / BUCKET_SECS) as u32;
-            ring.sum(now, periods, None) as f64 / minutes as f64
+    /// The rates in `ring` at period `now`, for a stage that has existed for `covered`
+    /// periods (the current one included).
+    pub(crate) fn of(ring: &RateRing, now: u32, covered: u32) -> Self {
+        let minute = (60 / BUCKET_SECS) as u32;
+        let per = |minutes: u32| {
+            let periods = minutes * minute;
+            let spanned = periods.min(covered).max(minute);
+            ring.sum(now, periods, None) as f64 * f64::from(minute) / f64::from(spanned)
         };
         Rates {
             per_minute_1m: per(1),
