@@ -281,7 +281,9 @@ impl Gateway {
         let gpu = primary.handle();
         let canary_gpu = primary.chat();
         let health = Health::builder()
-            .check("primary_loaded", true, Duration::from_secs(1), {
+            // With the fallback tiers behind it, a primary still loading leaves the gateway
+            // answering: degraded, not unready. Without them, it is unready.
+            .check("primary_loaded", !config.fallback, Duration::from_secs(1), {
                 let gpu = gpu.clone();
                 move || {
                     let ready = gpu.is_ready();
@@ -306,6 +308,7 @@ impl Gateway {
                 Duration::from_millis(500),
                 Duration::from_secs(5),
             )
+            .metrics(&metrics)
             .build();
 
         let routes = Routes {

@@ -2,15 +2,20 @@
 //! (ready), and does it really answer (inference, a deep canary).
 //!
 //! A [`Health`] registry holds named async checks, each critical or not and each with a
-//! timeout (a check that times out has failed). The overall status is **healthy** when every
-//! check passes, **degraded** when only non-critical checks fail, and **critical** when a
-//! critical one fails; a [`Report`] lists the failed checks and maps to HTTP 200 or 503.
+//! timeout (a check that times out, or panics, has failed). Checks run concurrently, so a
+//! readiness answer takes at most the longest timeout, however many checks hang. The overall
+//! status is **healthy** when every check passes, **degraded** when only non-critical checks
+//! fail, and **critical** when a critical one fails; a [`Report`] lists the failed checks and
+//! maps to HTTP 200 or 503.
 //!
-//! Built-in checks: a breaker's state (open means not ready), a probe under a threshold
-//! (e.g. GPU memory under 95 %), and a **deep inference canary** that sends a known request
-//! through a service, validates the answer with a closure and checks its latency; the canary
-//! runs at most once per interval and serves its cached result in between, so a busy health
-//! endpoint never becomes load on the model.
+//! Built-in checks: a breaker's state (open means degraded by default, since a fallback
+//! usually stands behind it; critical if you say so), a probe under a threshold (e.g. GPU
+//! memory under 95 %), and a **deep inference canary** that sends a known request through a
+//! service, validates the answer with a closure and checks its latency; the canary runs at
+//! most once per interval and serves its cached result in between, so a busy health endpoint
+//! never becomes load on the model. A failure's message names its kind, never the backend's
+//! error text; the detail goes to `tracing`. With [`HealthBuilder::metrics`], every result
+//! is also the `health_check_up` gauge of an [`ErrorMetrics`] collector.
 //!
 //! Three answers: [`Health::live`] (the process is up), [`Health::ready`] (the checks) and
 //! [`Health::inference`] (the canary). With the `http` feature, [`HealthService`] serves
@@ -38,8 +43,10 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -48,7 +55,9 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use crate::breaker::BreakerHandle;
+use crate::classify::ClassifyError;
 use crate::event::CircuitState;
+use crate::metrics::ErrorMetrics;
 use crate::setting;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -137,12 +146,21 @@ struct Check {
 }
 
 impl Check {
+    /// Runs the check within its timeout. A check that panics has failed, with the message
+    /// "the check panicked" (the panic goes to the process's panic hook, as any panic does).
     async fn run(&self) -> CheckResult {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(self.timeout, (self.run)()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!("timed out after {} ms", self.timeout.as_millis())),
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.run)())) {
+            Ok(check) => match tokio::time::timeout(self.timeout, CatchUnwind(check)).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => Err(PANICKED.to_owned()),
+                Err(_) => Err(format!("timed out after {} ms", self.timeout.as_millis())),
+            },
+            Err(_) => Err(PANICKED.to_owned()),
         };
+        if let Err(message) = &outcome {
+            tracing::warn!(check = %self.name, critical = self.critical, %message, "health check failed");
+        }
         CheckResult {
             name: self.name.to_string(),
             passed: outcome.is_ok(),
@@ -151,6 +169,48 @@ impl Check {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+const PANICKED: &str = "the check panicked";
+
+/// A check's future, with a panic in it caught and turned into `None`.
+struct CatchUnwind(CheckFuture);
+
+impl Future for CatchUnwind {
+    type Output = Option<Result<(), String>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Ready(outcome)) => Poll::Ready(Some(outcome)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+/// Runs every check at once and returns their results in order: the time taken is the
+/// slowest check's, bounded by the longest timeout.
+async fn run_all(checks: &[Check]) -> Vec<CheckResult> {
+    let mut running: Vec<_> = checks.iter().map(|c| Box::pin(c.run())).collect();
+    let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (check, result) in running.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match check.as_mut().poll(cx) {
+                    Poll::Ready(r) => *result = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
 }
 
 struct Canary {
@@ -164,6 +224,7 @@ struct Canary {
 pub struct Health {
     checks: Arc<Vec<Check>>,
     canary: Option<Arc<Canary>>,
+    metrics: Option<ErrorMetrics>,
 }
 
 impl fmt::Debug for Health {
@@ -184,6 +245,7 @@ impl Health {
         HealthBuilder {
             checks: Vec::new(),
             canary: None,
+            metrics: None,
         }
     }
 
@@ -192,13 +254,21 @@ impl Health {
         Report::of(Vec::new())
     }
 
-    /// Runs every check in turn, each within its timeout.
+    /// Runs every check at once, each within its timeout: the answer takes as long as the
+    /// slowest check, at most the longest timeout. Results are in registration order.
     pub async fn ready(&self) -> Report {
-        let mut results = Vec::with_capacity(self.checks.len());
-        for check in self.checks.iter() {
-            results.push(check.run().await);
-        }
+        let results = run_all(&self.checks).await;
+        self.report(&results);
         Report::of(results)
+    }
+
+    /// Reports results to the metrics collector, if one was given.
+    fn report(&self, results: &[CheckResult]) {
+        if let Some(metrics) = &self.metrics {
+            for result in results {
+                metrics.record_check(&result.name, result.passed);
+            }
+        }
     }
 
     /// The deep canary: run if its last result is older than its interval, cached otherwise.
@@ -215,6 +285,7 @@ impl Health {
         }
         let result = canary.check.run().await;
         *last = Some((Instant::now(), result.clone()));
+        self.report(std::slice::from_ref(&result));
         Report::of(vec![result])
     }
 }
@@ -223,6 +294,7 @@ impl Health {
 pub struct HealthBuilder {
     checks: Vec<Check>,
     canary: Option<Canary>,
+    metrics: Option<ErrorMetrics>,
 }
 
 impl fmt::Debug for HealthBuilder {
@@ -260,9 +332,32 @@ impl HealthBuilder {
         self
     }
 
-    /// A critical check that fails while the breaker is open (or forced open).
+    /// A non-critical check that fails while the breaker is open (or forced open): the
+    /// service is then **degraded**, not unready. This is the default because the usual
+    /// stack has a fallback behind its breaker, which keeps answering while it is open; a
+    /// load balancer should not pull a replica that answers. For a breaker with nothing
+    /// behind it, use [`critical_breaker`](Self::critical_breaker).
     pub fn breaker(self, name: impl Into<Cow<'static, str>>, breaker: BreakerHandle) -> Self {
-        self.check(name, true, Duration::from_secs(1), move || {
+        self.breaker_check(name, false, breaker)
+    }
+
+    /// A critical check that fails while the breaker is open (or forced open): for a breaker
+    /// with no fallback behind it, whose open state means requests fail.
+    pub fn critical_breaker(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        breaker: BreakerHandle,
+    ) -> Self {
+        self.breaker_check(name, true, breaker)
+    }
+
+    fn breaker_check(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        critical: bool,
+        breaker: BreakerHandle,
+    ) -> Self {
+        self.check(name, critical, Duration::from_secs(1), move || {
             let state = breaker.state();
             async move {
                 match state {
@@ -273,6 +368,13 @@ impl HealthBuilder {
                 }
             }
         })
+    }
+
+    /// Reports every check's latest result to `metrics`, as the `health_check_up` gauge
+    /// (the canary's under `inference_canary`).
+    pub fn metrics(mut self, metrics: &ErrorMetrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     /// A check that fails while `probe()` is above `limit` (e.g. GPU memory above 0.95).
@@ -301,6 +403,10 @@ impl HealthBuilder {
     /// The deep inference canary (critical): sends `request` through `svc`, and passes when
     /// the call succeeds within `max_latency` and `validate` accepts the answer. It runs at most
     /// once every `interval`; in between, [`Health::inference`] returns the cached result.
+    ///
+    /// A failed call is reported by its [kind](crate::ErrorKind) only ("the canary failed:
+    /// infrastructure"), since a health endpoint is often public and an error's text can hold
+    /// addresses or credentials; the full error goes to `tracing` at `warn`.
     pub fn canary<Req, Res, E, S, V>(
         mut self,
         svc: S,
@@ -314,7 +420,7 @@ impl HealthBuilder {
         S::Future: Send + 'static,
         Req: Clone + Send + Sync + 'static,
         Res: 'static,
-        E: fmt::Display + 'static,
+        E: ClassifyError + fmt::Display + 'static,
         V: Fn(&Res) -> bool + Send + Sync + 'static,
     {
         let svc = BoxCloneSyncService::new(svc);
@@ -323,10 +429,12 @@ impl HealthBuilder {
             let (svc, request, validate) = (svc.clone(), request.clone(), validate.clone());
             Box::pin(async move {
                 let started = Instant::now();
-                let answer = svc
-                    .oneshot(request)
-                    .await
-                    .map_err(|e| format!("the canary failed: {e}"))?;
+                let answer = svc.oneshot(request).await.map_err(|e| {
+                    let kind = e.outcome().kind();
+                    let code = kind.map_or("unknown", |k| k.code());
+                    tracing::warn!(kind = code, error = %e, "the inference canary failed");
+                    format!("the canary failed: {code}")
+                })?;
                 let took = started.elapsed();
                 if took > max_latency {
                     return Err(format!(
@@ -361,6 +469,7 @@ impl HealthBuilder {
         Health {
             checks: Arc::new(self.checks),
             canary: self.canary.map(Arc::new),
+            metrics: self.metrics,
         }
     }
 }

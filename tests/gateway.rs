@@ -419,6 +419,21 @@ async fn a_model_loading_its_weights_is_a_503_with_retry_after_not_a_held_reques
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fallback_tiers_a_loading_primary_is_degraded_not_unready() {
+    let gw = start(Config {
+        load_time: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .await;
+    let ready = gw.get("/health/ready").await;
+    assert_eq!(ready.status(), 200, "{}", ready.body);
+    assert_eq!(ready.json()["status"], "degraded");
+    assert!(ready.body.contains("primary_loaded"));
+    assert_eq!(gw.chat("hello").await.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_are_served() {
     let gw = start(loaded()).await;
     assert_eq!(gw.chat("count me").await.status(), 200);
@@ -429,6 +444,14 @@ async fn health_and_metrics_are_served() {
     let metrics = gw.get("/metrics").await;
     assert_eq!(metrics.status(), 200);
     assert!(metrics.header("content-type").starts_with("text/plain"));
+    for line in [
+        r#"tower_inference_health_check_up{check="primary_loaded"} 1"#,
+        r#"tower_inference_health_check_up{check="inference_canary"} 1"#,
+        r#"tower_inference_breaker_state{breaker="llama-70b/chat",state="closed"} 1"#,
+        r#"tower_inference_in_flight{stage="edge"} 0"#,
+    ] {
+        assert!(metrics.body.contains(line), "{line}:\n{}", metrics.body);
+    }
     assert!(
         metrics
             .body

@@ -77,10 +77,10 @@ async fn a_check_that_times_out_has_failed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_open_breaker_means_not_ready() {
+async fn an_open_critical_breaker_means_not_ready() {
     let layer = BreakerLayer::new();
     let health = Health::builder()
-        .breaker("llama_breaker", layer.handle())
+        .critical_breaker("llama_breaker", layer.handle())
         .build();
     assert_eq!(health.ready().await.status, Status::Healthy);
     layer.handle().force_open();
@@ -181,7 +181,7 @@ async fn the_canary_fails_on_a_wrong_answer_or_a_slow_one() {
     let report = failing.inference().await;
     assert_eq!(
         report.checks[0].message.as_deref(),
-        Some("the canary failed: the inference backend is unavailable; retry later")
+        Some("the canary failed: infrastructure")
     );
 }
 
@@ -219,4 +219,90 @@ async fn health_is_served_over_http() {
     }
     let post = http::Request::post("/health/ready").body(()).unwrap();
     assert_eq!(svc.oneshot(post).await.unwrap().status(), 405);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_canary_reports_the_kind_of_failure_never_the_backend_text() {
+    let model = service_fn(|_: &'static str| async {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect to 10.3.7.21:8000 with api_key=sk-live-123 refused",
+        );
+        Err::<String, _>(tower::BoxError::from(io))
+    });
+    let health = Health::builder()
+        .canary(model, "ping", |_: &String| true, SEC, 10 * SEC)
+        .build();
+    let report = health.inference().await;
+    assert_eq!(report.status, Status::Critical);
+    let json = report.to_json();
+    for secret in ["10.3.7.21", "sk-live-123", "refused", "api_key"] {
+        assert!(!json.contains(secret), "{secret} leaked: {json}");
+    }
+    assert_eq!(
+        report.checks[0].message.as_deref(),
+        Some("the canary failed: infrastructure")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_check_or_canary_fails_its_check_instead_of_panicking() {
+    let model = service_fn(|_: &'static str| async {
+        if true {
+            panic!("the model client blew up");
+        }
+        Ok::<String, InferenceError>(String::new())
+    });
+    let health = Health::builder()
+        .threshold("gpu_memory", true, 0.95, || panic!("no such device"))
+        .check("feature_store", false, SEC, || async {
+            panic!("bug in the check")
+        })
+        .canary(model, "ping", |_: &String| true, SEC, 10 * SEC)
+        .build();
+    for _ in 0..2 {
+        let ready = health.ready().await;
+        assert_eq!(ready.status, Status::Critical);
+        assert_eq!(ready.failed(), ["gpu_memory", "feature_store"]);
+        assert_eq!(
+            ready.checks[0].message.as_deref(),
+            Some("the check panicked")
+        );
+        let inference = health.inference().await;
+        assert_eq!(inference.http_status(), 503);
+        assert_eq!(inference.failed(), ["inference_canary"]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_run_concurrently_bounded_by_the_slowest_timeout() {
+    let mut builder = Health::builder();
+    for i in 0..10 {
+        builder = builder.check(format!("hung-{i}"), false, SEC, || {
+            std::future::pending::<Result<(), String>>()
+        });
+    }
+    let health = builder
+        .check("slowest", false, 2 * SEC, std::future::pending)
+        .build();
+    let started = tokio::time::Instant::now();
+    let report = health.ready().await;
+    assert_eq!(started.elapsed(), 2 * SEC);
+    assert_eq!(report.failed().len(), 11);
+    // Results stay in registration order.
+    assert_eq!(report.checks[0].name, "hung-0");
+    assert_eq!(report.checks[10].name, "slowest");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_with_a_fallback_behind_it_is_degraded_not_unready() {
+    let layer = BreakerLayer::new();
+    let health = Health::builder()
+        .breaker("llama_breaker", layer.handle())
+        .build();
+    layer.handle().force_open();
+    let report = health.ready().await;
+    assert_eq!(report.status, Status::Degraded);
+    assert_eq!(report.http_status(), 200);
+    assert_eq!(report.failed(), ["llama_breaker"]);
 }
