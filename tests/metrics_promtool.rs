@@ -113,6 +113,33 @@ async fn promtool_accepts_a_full_snapshot() {
         "{text}"
     );
 
+    // Every metric the shipped alert rules use is one the crate exports.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    let exported: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut used = 0;
+    for (at, _) in rules.match_indices("tower_inference_") {
+        let name: String = rules[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // A histogram is named by its family or its `_bucket` series.
+        let known = [name.clone(), format!("{name}_bucket")];
+        assert!(
+            known.iter().any(|n| exported.contains(&n.as_str())),
+            "the alert rules use {name}, which is not exported"
+        );
+        used += 1;
+    }
+    assert!(used >= 6, "{used} metric names found in the rules");
+
     let required = std::env::var_os("TOWER_INFERENCE_REQUIRE_PROMTOOL").is_some();
     let child = Command::new("promtool")
         .args(["check", "metrics"])
