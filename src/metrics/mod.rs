@@ -22,8 +22,15 @@
 //!   each check's latest result.
 //!
 //! [`ErrorMetrics::snapshot`] returns a plain serializable struct with typed keys, and
-//! [`ErrorMetrics::render_prometheus`] the Prometheus text exposition. The shipped alert
-//! rules (`prometheus/alerts.yml` in the repository) are written against these families.
+//! [`ErrorMetrics::render_prometheus`] the Prometheus text exposition, with no dependency.
+//! With the `prometheus-client` feature, an `ErrorMetrics` is a `Collector` of the
+//! [`prometheus-client`](https://docs.rs/prometheus-client) crate: register it in the
+//! registry the application already serves, and one `/metrics` carries both. That crate is
+//! the Prometheus project's own Rust client (maintained in the `prometheus` GitHub
+//! organisation), follows OpenMetrics, and lets a collector encode its families at scrape
+//! time, which is how these metrics are made: from a snapshot, not from a metric object per
+//! series. The shipped alert rules (`prometheus/alerts.yml` in the repository) are written
+//! against these families.
 //!
 //! # Incidents, not noise
 //!
@@ -87,6 +94,9 @@ mod collector;
 mod histogram;
 mod layer;
 mod prometheus;
+#[cfg(feature = "prometheus-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus-client")))]
+mod registry;
 mod topk;
 mod window;
 
