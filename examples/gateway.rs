@@ -283,19 +283,24 @@ impl Gateway {
         let health = Health::builder()
             // With the fallback tiers behind it, a primary still loading leaves the gateway
             // answering: degraded, not unready. Without them, it is unready.
-            .check("primary_loaded", !config.fallback, Duration::from_secs(1), {
-                let gpu = gpu.clone();
-                move || {
-                    let ready = gpu.is_ready();
-                    async move {
-                        if ready {
-                            Ok(())
-                        } else {
-                            Err("the primary model is loading or down".to_owned())
+            .check(
+                "primary_loaded",
+                !config.fallback,
+                Duration::from_secs(1),
+                {
+                    let gpu = gpu.clone();
+                    move || {
+                        let ready = gpu.is_ready();
+                        async move {
+                            if ready {
+                                Ok(())
+                            } else {
+                                Err("the primary model is loading or down".to_owned())
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
             .canary(
                 ServiceBuilder::new()
                     .timeout(Duration::from_secs(2))
