@@ -63,13 +63,14 @@ impl Striped {
     }
 }
 
-/// A thread's latency histograms, on cache lines of their own: every call, and the answers of
-/// the primary tier.
+/// A thread's latency histograms, on cache lines of their own: the answers of the primary
+/// tier, and every other call. Each call is recorded in one; every call's latency is their
+/// sum. Their counts are the calls completed.
 #[derive(Default)]
 #[repr(align(128))]
 struct LatencyStripe {
-    all: Histogram,
     primary: Histogram,
+    other: Histogram,
 }
 
 /// A thread's answer counts per tier slot, on cache lines of its own.
@@ -94,7 +95,6 @@ pub(crate) struct Stage {
     /// The period the stage was created in: its rates cover the time since.
     created: u32,
     started: Striped,
-    calls: Striped,
     cancelled: Striped,
     errors: [AtomicU64; ErrorKind::ALL.len()],
     rates: [RateRing; ErrorKind::ALL.len()],
@@ -102,7 +102,6 @@ pub(crate) struct Stage {
     /// Tier names, set once per slot; the last slot counts every further tier.
     tier_names: [OnceLock<String>; MAX_TIERS],
     tiers: Box<[TierStripe]>,
-    primary: Striped,
     full_or_reduced: Striped,
     /// The cache age of the last cached answer served, in microseconds.
     cache_age: AtomicU64,
@@ -131,14 +130,12 @@ impl Stage {
             origin,
             created: period(origin),
             started: Striped::default(),
-            calls: Striped::default(),
             cancelled: Striped::default(),
             errors: Default::default(),
             rates: Default::default(),
             latency: (0..HISTOGRAMS).map(|_| LatencyStripe::default()).collect(),
             tier_names: Default::default(),
             tiers: (0..STRIPES).map(|_| TierStripe::default()).collect(),
-            primary: Striped::default(),
             full_or_reduced: Striped::default(),
             cache_age: AtomicU64::new(NO_AGE),
             patterns: (0..STRIPES)
@@ -169,10 +166,8 @@ impl Stage {
         primary: &str,
     ) {
         let index = stripe();
-        self.calls.add(index);
         let micros = micros(latency).max(1);
         let histograms = &self.latency[index % HISTOGRAMS];
-        histograms.all.record(micros);
         match kind {
             Some(kind) => {
                 let k = kind_index(kind);
@@ -180,6 +175,7 @@ impl Stage {
                 self.rates[k].add(period(self.origin));
                 let pattern = format!("{}|{}", kind.code(), operation.unwrap_or(&self.name));
                 lock(&self.patterns[index]).add(&pattern);
+                histograms.other.record(micros);
             }
             None => {
                 let default = Provenance::default();
@@ -190,8 +186,9 @@ impl Stage {
                     &p.tier
                 };
                 self.tiers[index].0[self.tier_slot(tier)].fetch_add(1, Relaxed);
-                if !p.fallback {
-                    self.primary.add(index);
+                if p.fallback {
+                    histograms.other.record(micros);
+                } else {
                     histograms.primary.record(micros);
                 }
                 if matches!(p.quality, Quality::Full | Quality::Reduced) {
@@ -223,7 +220,6 @@ impl Stage {
     }
 
     fn snapshot(&self, now: u32, settings: &Settings) -> StageSnapshot {
-        let calls = self.calls.sum();
         let cancelled = self.cancelled.sum();
         // Periods the stage has existed in, the current one included.
         let covered = now.wrapping_sub(self.created).saturating_add(1);
@@ -246,9 +242,11 @@ impl Stage {
         let mut all = Merged::default();
         let mut primary_latency = Merged::default();
         for h in self.latency.iter() {
-            h.all.merge_into(&mut all);
+            h.primary.merge_into(&mut all);
+            h.other.merge_into(&mut all);
             h.primary.merge_into(&mut primary_latency);
         }
+        let calls = all.count;
         let count =
             |slot: usize| -> u64 { self.tiers.iter().map(|t| t.0[slot].load(Relaxed)).sum() };
         let mut tiers = BTreeMap::new();
@@ -266,7 +264,7 @@ impl Stage {
                 n as f64 / answers as f64
             }
         };
-        let primary_answers = self.primary.sum();
+        let primary_answers = primary_latency.count;
         let full_or_reduced_answers = self.full_or_reduced.sum();
         let primary_share = share(primary_answers);
         let mut patterns: HashMap<String, (u64, u64)> = HashMap::new();
@@ -769,7 +767,7 @@ impl LatencySnapshot {
             sum: merged.sum,
             buckets: BOUNDS
                 .iter()
-                .zip(&merged.buckets)
+                .zip(&merged.buckets())
                 .map(|(bound, n)| {
                     total += n;
                     (Duration::from_micros(*bound), total)
