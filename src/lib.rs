@@ -103,6 +103,9 @@
 //!   `/v1/chat/completions` and `/v1/completions` that the stack can degrade and annotate
 //!   (with `mock`, the mock GPU serves them too).
 //! - `redis`: `fallback::RedisStore`, a cache of last-good answers shared by replicas.
+//! - `prometheus-client`: [`metrics::ErrorMetrics`] as a collector of the
+//!   `prometheus-client` crate's registry, so one `/metrics` serves an application's own
+//!   metrics and the crate's.
 //!
 //! # Reuse of tower
 //!

@@ -49,15 +49,17 @@
 //!
 //! # Memory and cost
 //!
-//! Recording takes no lock on an answer: calls are counted on per-thread stripes, latency
-//! goes into one of four pairs of atomic histograms (threads spread over them), error rates
-//! are atomic rings; an error also takes the lock of its thread's pattern sketch. Snapshots
-//! read and add up. Memory is bounded whatever arrives: a new stage holds 79 KiB (10 rings of
-//! 360 buckets, 29 KiB; 8 histograms of 4.5 KiB; per-thread counters), and its pattern
-//! sketches grow with the patterns seen, up to 16 × top-K entries, reserving nothing up
-//! front. Filled with 20 000 distinct error patterns at the default top-K of 32 it holds
-//! 108 KiB (`tests/stage_memory.rs` measures both with a counting allocator and holds them
-//! under 256 KiB). A collector holds at most 65 stages (64 and the overflow one).
+//! Recording takes no lock on an answer: counters are per-thread stripes, latency goes into
+//! one of four pairs of atomic histograms (threads spread over them; a call is one counter
+//! in one of them, which serves both the Prometheus buckets and the percentiles), error
+//! rates are atomic rings; an error also takes the lock of its thread's pattern sketch.
+//! Snapshots read and add up. Memory is bounded whatever arrives: a new stage holds 75 KiB
+//! (10 rings of 360 buckets, 29 KiB; 8 histograms of 4.5 KiB; per-thread counters), and
+//! its pattern sketches grow with the patterns seen, up to 16 × top-K entries, reserving
+//! nothing up front. Filled from five threads with 20 000 distinct error patterns at the
+//! default top-K of 32 it holds 104 KiB (`tests/stage_memory.rs` measures both with a
+//! counting allocator and holds them under 256 KiB). A collector holds at most 65 stages
+//! (64 and the overflow one).
 //!
 //! `benches/metrics.rs` (criterion) measures a call through a metrics layer against the same
 //! service bare; the README has the figures.
