@@ -200,3 +200,26 @@ fn an_absurd_top_k_is_clamped_without_reserving_memory() {
         assert_eq!(metrics.pattern_entries(), 0);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_metric_prefix_is_configurable_and_always_a_valid_name() {
+    for (given, used) in [
+        ("myapp_inference", "myapp_inference"),
+        ("my-app.inference", "my_app_inference"),
+        ("9lives", "_9lives"),
+        ("", "tower_inference"),
+    ] {
+        let metrics = ErrorMetrics::builder().prefix(given).build();
+        call(&metrics, "edge", vec![Ok("primary")]).await;
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains(&format!("{used}_calls_total{{stage=\"edge\"}} 1")),
+            "{given}:\n{text}"
+        );
+        let other = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| !l.starts_with(&format!("{used}_")));
+        assert_eq!(other, None, "{given}");
+    }
+}
