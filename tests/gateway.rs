@@ -449,6 +449,9 @@ async fn health_and_metrics_are_served() {
         r#"tower_inference_health_check_up{check="inference_canary"} 1"#,
         r#"tower_inference_breaker_state{breaker="llama-70b/chat",state="closed"} 1"#,
         r#"tower_inference_in_flight{stage="edge"} 0"#,
+        // Each route's stack has its own budget, named as its breaker.
+        r#"tower_inference_retry_budget_balance{budget="llama-70b/chat"} "#,
+        r#"tower_inference_retry_budget_balance{budget="llama-70b/completions"} "#,
     ] {
         assert!(metrics.body.contains(line), "{line}:\n{}", metrics.body);
     }

@@ -611,8 +611,9 @@ impl ErrorMetrics {
     }
 
     /// Reports the balance of `budget` (the retries it would allow now) under `name` in every
-    /// snapshot. An [`InferenceStack`](crate::stack::InferenceStack) does this for its budget,
-    /// under its primary tier's name.
+    /// snapshot; a later budget under the same name replaces an earlier one. An
+    /// [`InferenceStack`](crate::stack::InferenceStack) does this for its budget, under its
+    /// breaker's name.
     pub fn watch_retry_budget(&self, name: impl Into<String>, budget: &Arc<RetryBudget>) {
         lock(&self.inner.watched)
             .budgets
