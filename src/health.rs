@@ -3,7 +3,8 @@
 //!
 //! A [`Health`] registry holds named async checks, each critical or not and each with a
 //! timeout (a check that times out, or panics, has failed). Checks run concurrently, so a
-//! readiness answer takes at most the longest timeout, however many checks hang. The overall
+//! readiness answer takes at most the longest timeout, however many checks hang (a check's
+//! timeout bounds the future it returns: keep the closure that makes it quick). The overall
 //! status is **healthy** when every check passes, **degraded** when only non-critical checks
 //! fail, and **critical** when a critical one fails; a [`Report`] lists the failed checks and
 //! maps to HTTP 200 or 503.

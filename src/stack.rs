@@ -209,8 +209,9 @@ impl<M, F, D, R, B, T> InferenceStack<M, F, D, R, B, T> {
     /// Records every call into `metrics` at two stages, [`EDGE_STAGE`] (outermost) and
     /// [`BACKEND_STAGE`] (innermost, one record per attempt), makes `metrics` a sink of
     /// every layer's events, and has it watch the built layers: the breaker's state, the
-    /// retry budget's balance (under the breaker's name, which is the primary tier's name
-    /// unless the breaker's builder named it) and the degradation level.
+    /// retry budget's balance and the degrade layer's level and load (both under the
+    /// breaker's name, which is the primary tier's name unless the breaker's builder named
+    /// it).
     pub fn metrics(mut self, metrics: &ErrorMetrics) -> InferenceStack<Metrics, F, D, R, B, T> {
         self.sinks.push(Arc::new(metrics.clone()));
         let parts = Metrics {
@@ -299,17 +300,17 @@ where
             if let Some(breaker) = &handles.breaker {
                 metrics.watch_breaker(breaker);
             }
+            // Named as the breaker is, so that stacks sharing a collector and a primary name
+            // but not a budget or a degrade layer (one per route) each keep theirs.
+            let name = handles
+                .breaker
+                .as_ref()
+                .map_or(&*wiring.primary, |b| b.name());
             if let Some(budget) = &handles.budget {
-                // Named as the breaker is, so that stacks sharing a collector and a primary
-                // name but not a budget (one per route) each keep theirs.
-                let name = handles
-                    .breaker
-                    .as_ref()
-                    .map_or(&*wiring.primary, |b| b.name());
                 metrics.watch_retry_budget(name, budget);
             }
             if let Some(degrade) = &handles.degrade {
-                metrics.watch_degrade(degrade);
+                metrics.watch_degrade(name, degrade);
             }
         }
         let layers = Stack::new(

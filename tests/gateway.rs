@@ -452,6 +452,8 @@ async fn health_and_metrics_are_served() {
         // Each route's stack has its own budget, named as its breaker.
         r#"tower_inference_retry_budget_balance{budget="llama-70b/chat"} "#,
         r#"tower_inference_retry_budget_balance{budget="llama-70b/completions"} "#,
+        r#"tower_inference_degradation_level{degrade="llama-70b/chat",level="full"} 1"#,
+        r#"tower_inference_degradation_level{degrade="llama-70b/completions",level="full"} 1"#,
     ] {
         assert!(metrics.body.contains(line), "{line}:\n{}", metrics.body);
     }

@@ -81,7 +81,7 @@ async fn promtool_accepts_a_full_snapshot() {
     }
     metrics.watch_breaker(&BreakerLayer::new().handle());
     metrics.watch_retry_budget("llama-70b", &Arc::new(RetryBudget::default()));
-    metrics.watch_degrade(&DegradeLayer::builder().build().handle());
+    metrics.watch_degrade("llama-70b", &DegradeLayer::builder().build().handle());
     let health = Health::builder()
         .check("feature_store", false, Duration::from_secs(1), || async {
             Ok(())

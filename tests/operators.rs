@@ -223,3 +223,80 @@ async fn the_metric_prefix_is_configurable_and_always_a_valid_name() {
         assert_eq!(other, None, "{given}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_stage_has_no_baseline_so_no_spike() {
+    // 50 errors in a stage's first minute: far above the minimum count, but nothing to
+    // compare them with.
+    let metrics = ErrorMetrics::builder().spike_min_count(1).build();
+    call(&metrics, "edge", vec![timeout(); 50]).await;
+    assert!(metrics.snapshot().stages[0].spikes.is_empty());
+    // Still none a minute later: the minute before the last one is not yet a whole minute
+    // of history.
+    tokio::time::advance(MIN).await;
+    assert!(metrics.snapshot().stages[0].spikes.is_empty());
+    // Two minutes in, the first is the baseline: the same 50 again is no spike, 200 is.
+    tokio::time::advance(MIN).await;
+    call(&metrics, "edge", vec![timeout(); 50]).await;
+    assert!(metrics.snapshot().stages[0].spikes.is_empty());
+    call(&metrics, "edge", vec![timeout(); 150]).await;
+    assert_eq!(metrics.snapshot().stages[0].spikes.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_rate_over_the_minimum_count_is_no_spike() {
+    // The steady-rate test again with every error above the minimum count: only the
+    // baseline keeps a steady rate from spiking.
+    let metrics = ErrorMetrics::builder().spike_min_count(1).build();
+    for minute in 0..90 {
+        for _ in 0..6 {
+            call(&metrics, "edge", vec![timeout()]).await;
+            tokio::time::advance(10 * SEC).await;
+        }
+        let spikes = metrics.snapshot().stages[0].spikes.clone();
+        assert!(spikes.is_empty(), "minute {minute}: {spikes:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_counts_as_cancelled_and_leaves_nothing_in_flight() {
+    let metrics = ErrorMetrics::new();
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "edge"))
+        .service(service_fn(|after: Duration| async move {
+            tokio::time::sleep(after).await;
+            Ok::<_, InferenceError>(Served::new(()))
+        }));
+    let slow = tokio::spawn(svc.clone().oneshot(Duration::from_secs(60)));
+    tokio::task::yield_now().await;
+    let stage = metrics.snapshot().stages[0].clone();
+    assert_eq!((stage.in_flight, stage.calls, stage.cancelled), (1, 0, 0));
+    // The caller hangs up; another call completes.
+    slow.abort();
+    let _ = slow.await;
+    svc.oneshot(Duration::from_millis(5)).await.unwrap();
+    let stage = metrics.snapshot().stages[0].clone();
+    assert_eq!((stage.in_flight, stage.calls, stage.cancelled), (0, 1, 1));
+    assert!(
+        metrics
+            .render_prometheus()
+            .contains(r#"tower_inference_calls_cancelled_total{stage="edge"} 1"#)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_stage_name_never_merges_with_the_overflow_stage() {
+    let metrics = ErrorMetrics::builder().max_stages(1).build();
+    call(&metrics, "", vec![Ok("primary")]).await;
+    call(&metrics, "past-the-bound", vec![Ok("primary"); 2]).await;
+    let text = metrics.render_prometheus();
+    assert!(
+        text.contains(r#"tower_inference_calls_total{stage="unnamed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tower_inference_calls_total{overflow="true"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"stage="""#), "{text}");
+}

@@ -182,14 +182,17 @@ async fn the_collector_watches_the_stacks_breaker_budget_and_degrade_layer() {
         Some(&CircuitState::Closed)
     );
     assert_eq!(snapshot.retry_budgets.get("llama-70b"), Some(&100));
-    assert_eq!(snapshot.degradation_level.as_deref(), Some("full"));
-    assert_eq!(snapshot.degradation_load, Some(0.0));
+    let degradation = &snapshot.degradation["llama-70b"];
+    assert_eq!(
+        (degradation.level.as_str(), degradation.load),
+        ("full", 0.0)
+    );
     let text = rig.metrics.render_prometheus();
     for line in [
         r#"tower_inference_breaker_state{breaker="llama-70b",state="closed"} 1"#,
         r#"tower_inference_breaker_state{breaker="llama-70b",state="open"} 0"#,
         r#"tower_inference_retry_budget_balance{budget="llama-70b"} 100"#,
-        r#"tower_inference_degradation_level{level="full"} 1"#,
+        r#"tower_inference_degradation_level{degrade="llama-70b",level="full"} 1"#,
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }

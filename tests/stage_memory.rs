@@ -27,7 +27,7 @@ fn a_stage_holds_less_than_its_documented_bound() {
     assert!(held < BOUND, "a new stage holds {held} bytes");
     eprintln!("a new stage holds {held} bytes");
 
-    // Fill it: every error kind and many distinct operations, on a few threads.
+    // Fill it: answers, and timeouts with many distinct operations, on a few threads.
     let svc = ServiceBuilder::new()
         .layer(layer.operation(|i: &u64| format!("op-{i}")))
         .service(service_fn(|i: u64| async move {

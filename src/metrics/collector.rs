@@ -329,8 +329,8 @@ impl Stage {
 
 /// A spike of `kind`: at least the minimum count in the last minute, and a rate over it above
 /// the multiplier times the rate before it. The rate before covers the rest of the last hour,
-/// or of the time the stage has existed when shorter; with less than a minute of it, there is
-/// no baseline and so no spike.
+/// or of the time the stage has existed when shorter; with less than a minute of it (a stage
+/// younger than two minutes), there is no baseline and so no spike.
 fn spike(
     ring: &RateRing,
     now: u32,
@@ -376,7 +376,7 @@ struct Reported {
 struct Watched {
     breakers: BTreeMap<String, BreakerHandle>,
     budgets: BTreeMap<String, Arc<RetryBudget>>,
-    degrade: Option<DegradeHandle>,
+    degrades: BTreeMap<String, DegradeHandle>,
 }
 
 /// A collector's settings, fixed when it is built.
@@ -577,6 +577,13 @@ impl ErrorMetrics {
     /// The record of the stage named `name`, created on first use; past the collector's
     /// bound on stages, the overflow stage.
     pub(crate) fn stage(&self, name: &str) -> Arc<Stage> {
+        // An empty label is no label to Prometheus: it would merge with the overflow stage.
+        let name = if name.is_empty() {
+            setting::warn("metrics stage name", &name, &"unnamed");
+            "unnamed"
+        } else {
+            name
+        };
         let mut stages = lock(&self.inner.stages);
         if let Some(stage) = stages.named.iter().find(|s| s.name == name) {
             return stage.clone();
@@ -620,10 +627,14 @@ impl ErrorMetrics {
             .insert(name.into(), budget.clone());
     }
 
-    /// Reports the degrade layer's level and load in every snapshot. An
-    /// [`InferenceStack`](crate::stack::InferenceStack) does this for its degrade layer.
-    pub fn watch_degrade(&self, degrade: &DegradeHandle) {
-        lock(&self.inner.watched).degrade = Some(degrade.clone());
+    /// Reports the level and load of `degrade` under `name` in every snapshot; a later degrade
+    /// layer under the same name replaces an earlier one. An
+    /// [`InferenceStack`](crate::stack::InferenceStack) does this for its degrade layer, under
+    /// its breaker's name.
+    pub fn watch_degrade(&self, name: impl Into<String>, degrade: &DegradeHandle) {
+        lock(&self.inner.watched)
+            .degrades
+            .insert(name.into(), degrade.clone());
     }
 
     /// Records a health check's latest result (the `health_check_up` gauge).
@@ -650,7 +661,9 @@ impl ErrorMetrics {
                 .collect()
         };
         let settings = &self.inner.settings;
-        let (breakers, budgets, degrade) = {
+        // Stages first: the events' lock is not held while they are read.
+        let stages = stages.iter().map(|s| s.snapshot(now, settings)).collect();
+        let (breakers, budgets, degradation) = {
             let w = lock(&self.inner.watched);
             (
                 w.breakers
@@ -661,14 +674,26 @@ impl ErrorMetrics {
                     .iter()
                     .map(|(name, budget)| (name.clone(), budget.balance()))
                     .collect(),
-                w.degrade.as_ref().map(|d| (d.level().to_owned(), d.load())),
+                w.degrades
+                    .iter()
+                    .map(|(name, d)| {
+                        let level = d.level().to_owned();
+                        (
+                            name.clone(),
+                            Degradation {
+                                level,
+                                load: d.load(),
+                            },
+                        )
+                    })
+                    .collect(),
             )
         };
         let r = lock(&self.inner.reported);
         let mut breaker_states = r.states.clone();
         breaker_states.extend(breakers);
         MetricsSnapshot {
-            stages: stages.iter().map(|s| s.snapshot(now, settings)).collect(),
+            stages,
             breaker_transitions: r.transitions.clone(),
             breaker_states,
             breaker_rejections: r.rejections.clone(),
@@ -678,11 +703,8 @@ impl ErrorMetrics {
             tiers_served: r.tiers_served.clone(),
             tiers_failed: r.tiers_failed.clone(),
             cache_failures: r.cache_failures,
-            degradation_level: degrade
-                .as_ref()
-                .map(|(level, _)| level.clone())
-                .or_else(|| r.level.clone()),
-            degradation_load: degrade.map(|(_, load)| load),
+            degradation_level: r.level.clone(),
+            degradation,
             health_checks: r.checks.clone(),
         }
     }
@@ -731,6 +753,15 @@ impl EventSink for ErrorMetrics {
             Event::LevelChanged { to, .. } => r.level = Some(to.to_owned()),
         }
     }
+}
+
+/// A watched degrade layer's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Degradation {
+    /// The current level's name.
+    pub level: String,
+    /// The load now, in 0..=1.
+    pub load: f64,
 }
 
 /// Latency of a stage's calls: Prometheus buckets, and percentiles read from finer buckets
@@ -800,10 +831,12 @@ pub struct Pattern {
     pub kind: ErrorKind,
     /// The operation label.
     pub operation: String,
-    /// How often it occurred, possibly over-counted by up to [`overestimate`](Self::overestimate).
+    /// How often it occurred, as the sketches count it: possibly over-counted by up to
+    /// [`overestimate`](Self::overestimate), and possibly under-counted when one thread's
+    /// sketch dropped it (each thread keeps its own table of top-K).
     pub count: u64,
-    /// How much of `count` may belong to patterns it displaced from the bounded table:
-    /// the pattern occurred at least `count - overestimate` times.
+    /// How much of `count` may belong to patterns it displaced from the bounded tables: the
+    /// pattern occurred at least `count - overestimate` times.
     pub overestimate: u64,
 }
 
@@ -903,10 +936,10 @@ pub struct MetricsSnapshot {
     pub tiers_failed: BTreeMap<(String, ErrorKind), u64>,
     /// Cache store failures.
     pub cache_failures: u64,
-    /// The current degradation level: the watched degrade layer's, else the last one reported.
+    /// The degradation level last reported by any degrade layer's events.
     pub degradation_level: Option<String>,
-    /// The watched degrade layer's load now, in 0..=1.
-    pub degradation_load: Option<f64>,
+    /// Each watched degrade layer's level and load now, by name.
+    pub degradation: BTreeMap<String, Degradation>,
     /// Health checks' latest results (passed or not), when a
     /// [`Health`](crate::health::Health) registry reports to this collector.
     pub health_checks: BTreeMap<String, bool>,

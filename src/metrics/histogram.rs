@@ -13,9 +13,10 @@
 //! Prometheus bucket is a sum of whole counters (exact), and a call costs one counter
 //! increment, plus the sum and a read of the maximum.
 //!
-//! `hdrhistogram` (used before) is exact to 0.1 % but records through `&mut`, so a shared one
-//! needs a lock on every call; and the Prometheus client crates' histograms only keep the
-//! coarse buckets. The counters here are plain `AtomicU64`s, 4.5 KiB per histogram.
+//! `hdrhistogram` is exact to 0.1 % but records through `&mut`, so a shared one needs a lock
+//! on every call; the Prometheus client crates' histograms keep only the coarse buckets
+//! (and `prometheus-client`'s takes a mutex per observation). The counters here are plain
+//! `AtomicU64`s, 4.4 KiB per histogram.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -44,8 +45,8 @@ pub(crate) const BOUNDS: [u64; 17] = [
 /// Sub-buckets per power of two (a power of two itself).
 const SUB: u64 = 16;
 const SUB_BITS: u32 = SUB.trailing_zeros();
-/// The largest value kept apart, 2^36 µs (about 19 hours); slower calls count in the last
-/// fine bucket.
+/// The exponent of the last power of two with fine buckets of its own: values up to
+/// 2^37 - 1 µs ([`LONGEST`], about 38 hours) are kept apart.
 const MAX_EXPONENT: u32 = 36;
 const FINE: usize = ((MAX_EXPONENT - SUB_BITS + 2) as usize) * SUB as usize;
 

@@ -116,7 +116,8 @@ impl<C, P, O> std::fmt::Debug for MetricsLayer<C, P, O> {
 }
 
 impl MetricsLayer {
-    /// Records into `metrics` under the label `stage`.
+    /// Records into `metrics` under the label `stage` (an empty name is taken as `unnamed`,
+    /// since Prometheus reads an empty label as none).
     pub fn new(metrics: &ErrorMetrics, stage: &str) -> Self {
         MetricsLayer {
             stage: metrics.stage(stage),
@@ -279,14 +280,20 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let operation = self.operation.label(&req);
-        let local = self.local.here().clone();
-        local.stage.start();
+        // Built in place (fields are evaluated in the order written), so the inner future is
+        // not moved once more.
         ResponseFuture {
             fut: {
                 crate::clock::calling();
                 self.inner.call(req)
             },
-            local,
+            // Counted once the inner call returned: a `call` that panics leaves nothing in
+            // flight.
+            local: {
+                let local = self.local.here().clone();
+                local.stage.start();
+                local
+            },
             operation,
             started: crate::clock::called(),
             done: false,
@@ -337,7 +344,6 @@ where
         crate::clock::polling();
         let mut result = ready!(this.fut.poll(cx));
         let finished = crate::clock::polled();
-        *this.done = true;
         let local = &**this.local;
         let kind = local.classifier.classify(result.as_ref()).kind();
         let provenance = result
@@ -351,6 +357,8 @@ where
             this.operation.as_deref(),
             &local.primary.name,
         );
+        // Only now: a classifier or provenance reader that panics counts as a cancel.
+        *this.done = true;
         if local.primary.names_answers
             && let Ok(res) = &mut result
         {

@@ -38,8 +38,9 @@
 //!   ([`spike_min_count`](ErrorMetricsBuilder::spike_min_count)) and its rate over that
 //!   minute exceeds 3 × ([`spike_multiplier`](ErrorMetricsBuilder::spike_multiplier)) its
 //!   rate before it, over the rest of the hour or of the time the stage has existed when
-//!   shorter. With less than a minute of history there is no baseline and no spike, so a
-//!   fresh process's first errors page no one, and a steady rate never spikes.
+//!   shorter. The baseline needs a minute of history before the last minute, so a stage
+//!   younger than two minutes never spikes: a fresh process's first errors page no one, and
+//!   a steady rate never spikes.
 //! - **Whose fault.** The caller's faults (`invalid_input`, `context_length_exceeded`) are
 //!   counted with `fault="caller"` and never spike; server faults carry `fault="server"`.
 //! - **No lost labels.** Past the bounds (16 tier names per stage, 64 stages per collector
@@ -53,8 +54,8 @@
 //! one of four pairs of atomic histograms (threads spread over them; a call is one counter
 //! in one of them, which serves both the Prometheus buckets and the percentiles), error
 //! rates are atomic rings; an error also takes the lock of its thread's pattern sketch.
-//! Snapshots read and add up. Memory is bounded whatever arrives: a new stage holds 75 KiB
-//! (10 rings of 360 buckets, 29 KiB; 8 histograms of 4.5 KiB; per-thread counters), and
+//! Snapshots read and add up. Memory is bounded whatever arrives: a new stage holds 76 KiB
+//! (10 rings of 360 buckets, 29 KiB; 8 histograms of 4.4 KiB; per-thread counters), and
 //! its pattern sketches grow with the patterns seen, up to 16 × top-K entries, reserving
 //! nothing up front. Filled from five threads with 20 000 distinct error patterns at the
 //! default top-K of 32 it holds 104 KiB (`tests/stage_memory.rs` measures both with a
@@ -103,8 +104,8 @@ mod topk;
 mod window;
 
 pub use self::collector::{
-    ErrorMetrics, ErrorMetricsBuilder, LatencySnapshot, MetricsSnapshot, Pattern, Spike,
-    StageSnapshot,
+    Degradation, ErrorMetrics, ErrorMetricsBuilder, LatencySnapshot, MetricsSnapshot, Pattern,
+    Spike, StageSnapshot,
 };
 pub use self::layer::{
     FromAnnotate, LabelFn, Metrics, MetricsLayer, NoLabel, NoProvenance, OperationLabel,

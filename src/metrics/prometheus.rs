@@ -202,7 +202,7 @@ pub(crate) fn families(s: &MetricsSnapshot, prefix: &str) -> Vec<Family> {
     let series = f.family(
         "error_pattern_occurrences",
         Type::Gauge,
-        "Occurrences of the most frequent error patterns (kind and operation); may exceed the true count by the overestimate.",
+        "Occurrences of the most frequent error patterns (kind and operation), approximate: at least the value minus the overestimate.",
     );
     for st in stages {
         for p in &st.top_patterns {
@@ -411,18 +411,24 @@ pub(crate) fn families(s: &MetricsSnapshot, prefix: &str) -> Vec<Family> {
     let series = f.family(
         "degradation_level",
         Type::Gauge,
-        "1 for the current degradation level.",
+        "1 for the current degradation level, by watched degrade layer (or, with none watched, the level last reported).",
     );
-    if let Some(level) = &s.degradation_level {
+    for (degrade, d) in &s.degradation {
+        series.push(number(
+            vec![("degrade", degrade.clone()), ("level", d.level.clone())],
+            1.0,
+        ));
+    }
+    if let (true, Some(level)) = (s.degradation.is_empty(), &s.degradation_level) {
         series.push(number(vec![("level", level.clone())], 1.0));
     }
     let series = f.family(
         "degradation_load",
         Type::Gauge,
-        "The watched degrade layer's load, 0 to 1.",
+        "Each watched degrade layer's load, 0 to 1.",
     );
-    if let Some(load) = s.degradation_load {
-        series.push(number(Vec::new(), load));
+    for (degrade, d) in &s.degradation {
+        series.push(number(vec![("degrade", degrade.clone())], d.load));
     }
     let series = f.family(
         "health_check_up",
