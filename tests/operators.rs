@@ -55,28 +55,25 @@ async fn a_single_error_in_a_fresh_process_is_no_spike() {
     assert!(!metrics.render_prometheus().contains("_error_spike{"));
 }
 
+/// Fails `per_bucket` calls with a timeout every 10 s for `minutes`, and asserts no spike is
+/// ever reported.
+async fn assert_steady_rate_never_spikes(metrics: &ErrorMetrics, minutes: u32, per_bucket: usize) {
+    for minute in 0..minutes {
+        for _ in 0..6 {
+            call(metrics, "edge", vec![timeout(); per_bucket]).await;
+            tokio::time::advance(10 * SEC).await;
+        }
+        let spikes = metrics.snapshot().stages[0].spikes.clone();
+        assert!(spikes.is_empty(), "minute {minute}: {spikes:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_steady_rate_is_never_a_spike_whatever_the_uptime() {
-    let metrics = ErrorMetrics::new();
-    for minute in 0..90 {
-        // 6 errors a minute, one every 10 s.
-        for _ in 0..6 {
-            call(&metrics, "edge", vec![timeout()]).await;
-            tokio::time::advance(10 * SEC).await;
-        }
-        let spikes = metrics.snapshot().stages[0].spikes.clone();
-        assert!(spikes.is_empty(), "minute {minute}: {spikes:?}");
-    }
+    // 6 errors a minute, one every 10 s.
+    assert_steady_rate_never_spikes(&ErrorMetrics::new(), 90, 1).await;
     // A steady 60 a minute is no spike either, even above the minimum count.
-    let metrics = ErrorMetrics::new();
-    for minute in 0..10 {
-        for _ in 0..6 {
-            call(&metrics, "edge", vec![timeout(); 10]).await;
-            tokio::time::advance(10 * SEC).await;
-        }
-        let spikes = metrics.snapshot().stages[0].spikes.clone();
-        assert!(spikes.is_empty(), "minute {minute}: {spikes:?}");
-    }
+    assert_steady_rate_never_spikes(&ErrorMetrics::new(), 10, 10).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -248,14 +245,7 @@ async fn a_steady_rate_over_the_minimum_count_is_no_spike() {
     // The steady-rate test again with every error above the minimum count: only the
     // baseline keeps a steady rate from spiking.
     let metrics = ErrorMetrics::builder().spike_min_count(1).build();
-    for minute in 0..90 {
-        for _ in 0..6 {
-            call(&metrics, "edge", vec![timeout()]).await;
-            tokio::time::advance(10 * SEC).await;
-        }
-        let spikes = metrics.snapshot().stages[0].spikes.clone();
-        assert!(spikes.is_empty(), "minute {minute}: {spikes:?}");
-    }
+    assert_steady_rate_never_spikes(&metrics, 90, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
