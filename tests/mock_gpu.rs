@@ -80,6 +80,7 @@ async fn out_of_memory_exactly_at_capacity() {
         .model_memory_mib(1000)
         .memory_capacity_mib(1000 + cost - 1)
         .build();
+    let handle = short.handle();
     let err = short.oneshot(request).await.unwrap_err();
     assert!(
         matches!(
@@ -88,6 +89,44 @@ async fn out_of_memory_exactly_at_capacity() {
         ),
         "{err:?}"
     );
+    let stats = handle.stats();
+    assert_eq!((stats.failed, stats.out_of_memory), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowdown_stretches_compute_and_holds_the_slot() {
+    let gpu = MockGpu::builder()
+        .base_latency(10 * MS)
+        .per_token_latency(MS)
+        .slots(1)
+        .build();
+    let handle = gpu.handle();
+    let request = req(3, 10);
+    assert_eq!(gpu.latency(&request), 20 * MS);
+
+    handle.set_slowdown(5.0);
+    assert_eq!(gpu.latency(&request), 100 * MS);
+    // Two calls on one slot: the second waits for the first's slowed compute.
+    let start = Instant::now();
+    let (a, b) = tokio::join!(
+        gpu.clone().oneshot(request.clone()),
+        gpu.clone().oneshot(request.clone())
+    );
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(start.elapsed(), 200 * MS);
+
+    handle.set_slowdown(1.0);
+    let start = Instant::now();
+    gpu.clone().oneshot(request.clone()).await.unwrap();
+    assert_eq!(start.elapsed(), 20 * MS);
+
+    // Out-of-range factors are clamped, NaN restores the configured speed.
+    handle.set_slowdown(0.0);
+    assert_eq!(gpu.latency(&request), Duration::from_micros(200));
+    handle.set_slowdown(f64::NAN);
+    assert_eq!(gpu.latency(&request), 20 * MS);
+    handle.set_slowdown(f64::INFINITY);
+    assert_eq!(gpu.latency(&request), 20 * MS * 1000);
 }
 
 #[tokio::test(start_paused = true)]

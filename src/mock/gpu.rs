@@ -261,16 +261,24 @@ impl MockGpu {
     }
 
     /// How long the request computes once it holds a slot:
-    /// base + per-token × generated tokens × batch size.
+    /// base + per-token × generated tokens × batch size, times the slowdown set with
+    /// [`MockGpuHandle::set_slowdown`].
     pub fn latency(&self, req: &InferenceRequest) -> Duration {
         let c = &self.shared.config;
         let work = self
             .generated_tokens(req)
             .saturating_mul(req.params.batch_size.max(1));
-        c.per_token_latency
+        let nominal = c
+            .per_token_latency
             .checked_mul(work)
             .and_then(|t| t.checked_add(c.base_latency))
-            .unwrap_or(Duration::MAX)
+            .unwrap_or(Duration::MAX);
+        let slowdown = self.shared.slowdown();
+        if slowdown == 1.0 {
+            nominal
+        } else {
+            Duration::try_from_secs_f64(nominal.as_secs_f64() * slowdown).unwrap_or(Duration::MAX)
+        }
     }
 
     /// The checks a serving endpoint makes before it queues a request.
@@ -390,9 +398,12 @@ impl Job {
         let _running = Gauge::enter(shared, |s| &s.in_flight);
         shared
             .reserve_memory(self.cost_mib)
-            .map_err(|(used_mib, available_mib)| InferenceError::OutOfMemory {
-                used_mib,
-                available_mib,
+            .map_err(|(used_mib, available_mib)| {
+                shared.out_of_memory.fetch_add(1, Relaxed);
+                InferenceError::OutOfMemory {
+                    used_mib,
+                    available_mib,
+                }
             })?;
         let _memory = MemoryHold {
             counter: &shared.memory_used_mib,

@@ -23,9 +23,11 @@ pub(crate) struct Shared {
     alive: AtomicBool,
     failure_rate: AtomicU64,
     hang_rate: AtomicU64,
+    slowdown: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) out_of_memory: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) memory_used_mib: AtomicU64,
@@ -42,9 +44,11 @@ impl Shared {
             alive: AtomicBool::new(true),
             failure_rate: AtomicU64::new(clamp_probability(config.failure_rate).to_bits()),
             hang_rate: AtomicU64::new(clamp_probability(config.hang_rate).to_bits()),
+            slowdown: AtomicU64::new(1.0f64.to_bits()),
             calls: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            out_of_memory: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             memory_used_mib: AtomicU64::new(0),
@@ -77,6 +81,11 @@ impl Shared {
 
     pub(crate) fn hang_rate(&self) -> f64 {
         f64::from_bits(self.hang_rate.load(Relaxed))
+    }
+
+    /// The factor the compute latency is multiplied by (1 unless slowed down).
+    pub(crate) fn slowdown(&self) -> f64 {
+        f64::from_bits(self.slowdown.load(Relaxed))
     }
 
     /// Device memory free for requests, in MiB.
@@ -168,6 +177,34 @@ impl MockGpuHandle {
             .store(clamp_probability(rate).to_bits(), Relaxed);
     }
 
+    /// Makes every call admitted from now on compute `factor` times as long (a brownout:
+    /// thermal throttling, a noisy neighbour, a degraded interconnect); `1.0` restores the
+    /// configured speed. Slower calls hold their slots longer, so capacity falls by the
+    /// same factor. The factor is clamped to `[0.01, 1000]`; NaN is taken as 1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tower::ServiceExt;
+    /// use tower_inference::mock::{InferenceRequest, MockGpu};
+    ///
+    /// let gpu = MockGpu::builder().zero_latency().base_latency(Duration::from_millis(10)).build();
+    /// gpu.handle().set_slowdown(5.0);
+    /// let started = tokio::time::Instant::now();
+    /// gpu.oneshot(InferenceRequest::new("hi")).await.unwrap();
+    /// assert_eq!(started.elapsed(), Duration::from_millis(50));
+    /// # }
+    /// ```
+    pub fn set_slowdown(&self, factor: f64) {
+        let factor = if factor.is_nan() {
+            1.0
+        } else {
+            factor.clamp(0.01, 1000.0)
+        };
+        self.shared.slowdown.store(factor.to_bits(), Relaxed);
+    }
+
     /// A snapshot of the backend's counters and gauges.
     pub fn stats(&self) -> MockGpuStats {
         let s = &self.shared;
@@ -180,6 +217,7 @@ impl MockGpuHandle {
             calls: s.calls.load(Relaxed),
             succeeded: s.succeeded.load(Relaxed),
             failed: s.failed.load(Relaxed),
+            out_of_memory: s.out_of_memory.load(Relaxed),
             in_flight,
             queued: s.queued.load(Relaxed),
             memory_used_mib,
@@ -218,6 +256,8 @@ pub struct MockGpuStats {
     pub succeeded: u64,
     /// Calls answered with an error.
     pub failed: u64,
+    /// Calls that failed with `OutOfMemory` (counted in `failed` too).
+    pub out_of_memory: u64,
     /// Requests executing on the device.
     pub in_flight: usize,
     /// Requests waiting for an execution slot.
