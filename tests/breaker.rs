@@ -364,6 +364,45 @@ async fn caller_faults_are_not_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ignored_kinds_are_not_recorded() {
+    // `Call::Fail` fails with `Infrastructure`.
+    let rig = Rig::new(builder().minimum_calls(1).ignore(ErrorKind::Infrastructure));
+    rig.run(&[Call::Fail; 100]).await;
+    assert_eq!(rig.state(), CircuitState::Closed);
+    assert_eq!(rig.handle.snapshot().calls, 0);
+    rig.run(&[Call::Ok]).await;
+    assert_eq!(rig.handle.snapshot().calls, 1);
+
+    // Ignoring another kind leaves `Infrastructure` counted.
+    let rig = Rig::new(builder().minimum_calls(5).ignore(ErrorKind::Overloaded));
+    rig.run(&[Call::Fail; 5]).await;
+    assert_eq!(rig.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_probe_failure_decides_nothing() {
+    let rig = Rig::new(
+        builder()
+            .half_open_probes(1)
+            .ignore(ErrorKind::Infrastructure)
+            .slow_call_duration(MS)
+            .slow_call_rate_threshold(0.5),
+    );
+    // Tripped by slow calls, as `Infrastructure` failures cannot trip it.
+    rig.run(&[Call::Slow(10 * MS); 10]).await;
+    assert_eq!(rig.state(), CircuitState::Open);
+    tokio::time::advance(10 * SEC).await;
+    rig.run(&[Call::Fail]).await;
+    assert_eq!(
+        rig.state(),
+        CircuitState::HalfOpen,
+        "the ignored failure decided nothing"
+    );
+    rig.run(&[Call::Ok]).await;
+    assert_eq!(rig.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_calls_are_not_recorded() {
     let rig = Rig::new(builder().minimum_calls(1).failure_rate_threshold(0.01));
     let call = rig.svc.clone().oneshot(Call::Hang);

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::classify::DefaultClassifier;
+use crate::error::ErrorKind;
 use crate::event::{Emitter, EventSink};
 use crate::setting;
 
@@ -49,6 +50,19 @@ pub(crate) struct BreakerConfig {
     pub(crate) half_open_probes: u32,
     pub(crate) half_open_max_wait: Duration,
     pub(crate) probe_rule: ProbeRule,
+    /// Error kinds recorded neither as failures nor as successes, one bit per kind.
+    pub(crate) ignored: u32,
+}
+
+impl BreakerConfig {
+    /// Whether failures of `kind` are left out of the record.
+    pub(crate) fn ignores(&self, kind: ErrorKind) -> bool {
+        kind.is_caller_fault() || self.ignored & kind_bit(kind) != 0
+    }
+}
+
+fn kind_bit(kind: ErrorKind) -> u32 {
+    1 << (kind as u32 % 32)
 }
 
 /// How a half-open breaker judges its probes.
@@ -90,6 +104,7 @@ impl Default for BreakerConfig {
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(60),
             probe_rule: ProbeRule::AllSucceed,
+            ignored: 0,
         }
     }
 }
@@ -248,6 +263,28 @@ impl<C> BreakerBuilder<C> {
     pub fn half_open_probes(mut self, probes: u32) -> Self {
         self.config.half_open_probes =
             setting::clamp("breaker.half_open_probes", probes, 1, MAX_PROBES);
+        self
+    }
+
+    /// Records failures of `kind` neither as failures nor as successes, as the caller's faults
+    /// never are (resilience4j's `ignoreExceptions`); call once per kind (default: none).
+    ///
+    /// The case for it is [`ErrorKind::Overloaded`] in front of a fallback: a server that
+    /// sheds load answers at once and is alive, and opening the breaker on its refusals idles a
+    /// primary that still serves its full capacity. In the load drills at 4× the primary's
+    /// capacity (`BENCHMARKS.md`), a breaker that counts them leaves the primary 9 % of the
+    /// answers; one that ignores them, 39 %. A dead or dying server still opens it: it fails
+    /// with `Infrastructure`, `Timeout` or `ModelFailure`, which are counted.
+    ///
+    /// ```
+    /// use tower_inference::ErrorKind;
+    /// use tower_inference::breaker::BreakerLayer;
+    ///
+    /// let layer = BreakerLayer::builder().ignore(ErrorKind::Overloaded).build();
+    /// # let _ = layer;
+    /// ```
+    pub fn ignore(mut self, kind: ErrorKind) -> Self {
+        self.config.ignored |= kind_bit(kind);
         self
     }
 

@@ -154,7 +154,7 @@ where
                             failure: false,
                             slow,
                         }),
-                        Outcome::Failure { kind, .. } if kind.is_caller_fault() => None,
+                        Outcome::Failure { kind, .. } if shared.config.ignores(kind) => None,
                         Outcome::Failure { .. } => Some(Sample {
                             failure: true,
                             slow,
