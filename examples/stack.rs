@@ -20,7 +20,7 @@ use tower_inference::metrics::ErrorMetrics;
 use tower_inference::mock::{Completion, InferenceRequest, MockGpu};
 use tower_inference::retry::{Backoff, RetryLayer};
 use tower_inference::stack::InferenceStack;
-use tower_inference::{Event, Quality};
+use tower_inference::{ErrorKind, Event, Quality};
 
 const REQUESTS: usize = 4_000;
 const WAVE: usize = 250;
@@ -75,6 +75,7 @@ async fn main() {
         )))
         .breaker(
             BreakerLayer::builder()
+                .ignore(ErrorKind::Overloaded)
                 .count_window(50)
                 .minimum_calls(10)
                 .failure_rate_threshold(0.5)

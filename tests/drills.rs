@@ -1,4 +1,4 @@
-//! Load drills on paused time: a ten-second run of every scenario (`benches/drills/mod.rs`)
+//! Load drills on paused time: a ten-second run of every scenario (`benches/drill/mod.rs`)
 //! through this crate's stack, asserting the service levels the stack exists for.
 //!
 //! Each run is deterministic (a seeded Poisson process on a paused clock) and takes a fraction
@@ -6,12 +6,12 @@
 //! table is in `BENCHMARKS.md`. The Redis drill needs real time and runs only there.
 #![cfg(feature = "mock")]
 
-#[path = "../benches/drills/mod.rs"]
-mod drills;
+#[path = "../benches/drill/mod.rs"]
+mod drill;
 
 use std::time::Duration;
 
-use drills::{Contestant, Figures, Options, Report, Scenario, Tier};
+use drill::{Contestant, Figures, Options, Report, Scenario, Tier};
 
 const RUN: Duration = Duration::from_secs(10);
 
@@ -22,7 +22,7 @@ async fn drill(name: &str, options: Options) -> (Scenario, Report) {
         .expect("a scenario of that name");
     (
         scenario,
-        drills::run(scenario, Contestant::Ours, options).await,
+        drill::run(scenario, Contestant::Ours, options).await,
     )
 }
 
@@ -33,7 +33,7 @@ fn show(scenario: &Scenario, f: &Figures) -> String {
 #[tokio::test(start_paused = true)]
 async fn every_scenario_answers_every_request_mostly_from_the_models() {
     for scenario in Scenario::all(RUN) {
-        let report = drills::run(scenario, Contestant::Ours, Options::default()).await;
+        let report = drill::run(scenario, Contestant::Ours, Options::default()).await;
         let f = report.figures();
         let why = show(&scenario, &f);
         assert!(f.requests > 1_500, "{why}");
@@ -173,7 +173,7 @@ async fn the_bare_service_fails_where_the_stack_answers() {
             .into_iter()
             .find(|s| s.name == name)
             .unwrap();
-        let f = drills::run(scenario, Contestant::Bare, Options::default())
+        let f = drill::run(scenario, Contestant::Bare, Options::default())
             .await
             .figures();
         assert!(f.answered < 0.95, "{}", show(&scenario, &f));

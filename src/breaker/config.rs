@@ -271,9 +271,9 @@ impl<C> BreakerBuilder<C> {
     ///
     /// The case for it is [`ErrorKind::Overloaded`] in front of a fallback: a server that
     /// sheds load answers at once and is alive, and opening the breaker on its refusals idles a
-    /// primary that still serves its full capacity. In the load drills at 4× the primary's
-    /// capacity (`BENCHMARKS.md`), a breaker that counts them leaves the primary 9 % of the
-    /// answers; one that ignores them, 39 %. A dead or dying server still opens it: it fails
+    /// primary that still serves its full capacity. In the load drill at 4× the primary's
+    /// capacity (`BENCHMARKS.md`), a breaker that counts them left the primary 9 % of the
+    /// answers; one that ignores them, 43 %. A dead or dying server still opens it: it fails
     /// with `Infrastructure`, `Timeout` or `ModelFailure`, which are counted.
     ///
     /// ```

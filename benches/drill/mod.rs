@@ -132,7 +132,8 @@ pub enum Fault {
     /// (a connection reset: the kind of failure worth retrying), from a `ChaosLayer` in front
     /// of the GPU.
     Flaky,
-    /// The outage, with the cache in a real Redis that is killed at 35 % of the run.
+    /// Both models die at 20 % of the run and are revived at 50 %, with the cache in a real
+    /// Redis that is killed at 35 %: the cache answers, then the static default.
     RedisOutage,
 }
 
@@ -313,6 +314,8 @@ pub struct Figures {
     pub answered: f64,
     pub tier1: f64,
     pub tier12: f64,
+    pub cache: f64,
+    pub static_default: f64,
     pub goodput: f64,
     pub tier1_p50: Option<Duration>,
     pub tier1_p99: Option<Duration>,
@@ -326,6 +329,7 @@ pub struct Figures {
     /// From revive to the start of the first twentieth of the run, after it, with a tier-1
     /// share of 90 % or more.
     pub tier1_back: Option<Duration>,
+    /// The share of requests served at a degrade level below full (our stack only).
     pub degraded: f64,
 }
 
@@ -359,6 +363,8 @@ impl Report {
             answered: answered as f64 / n,
             tier1: tier1 as f64 / n,
             tier12: tier12 as f64 / n,
+            cache: count(&|r| r.tier == Some(Tier::Cache)) as f64 / n,
+            static_default: count(&|r| r.tier == Some(Tier::Static)) as f64 / n,
             goodput: answered as f64 / self.scenario.duration.as_secs_f64(),
             tier1_p50: pct(0.50),
             tier1_p99: pct(0.99),
@@ -402,15 +408,16 @@ impl Report {
         None
     }
 
-    /// Answers a second by tier (and failures), by completion time, in `buckets` buckets.
+    /// Answers a second by tier (and failures, last), by completion time, in `buckets`
+    /// buckets over the run; requests that end after the run are left out.
     pub fn timeline(&self, buckets: usize) -> Vec<[f64; 5]> {
         let width = self.scenario.duration.as_secs_f64() / buckets as f64;
         let mut rows = vec![[0.0; 5]; buckets];
         for r in &self.records {
             let done = (r.arrival + r.latency).as_secs_f64();
-            let i = ((done / width) as usize).min(buckets - 1);
-            let col = r.tier.map_or(4, |t| t as usize);
-            rows[i][col] += 1.0 / width;
+            if let Some(row) = rows.get_mut((done / width) as usize) {
+                row[r.tier.map_or(4, |t| t as usize)] += 1.0 / width;
+            }
         }
         rows
     }
@@ -537,9 +544,13 @@ fn peer(fleet: &Fleet, rate: f64, duration: Duration) -> Svc {
         .failure_rate_threshold(0.5)
         .wait_duration_in_open(duration / 20)
         .permitted_calls_in_half_open(3)
+        // Its classifier has no "ignore": `Overloaded` is not a failure, as for ours.
         .failure_classifier(|result: &Result<Completion, BoxError>| match result {
             Ok(_) => false,
-            Err(e) => e.outcome().is_backend_fault(),
+            Err(e) => {
+                let outcome = e.outcome();
+                outcome.is_backend_fault() && outcome.kind() != Some(ErrorKind::Overloaded)
+            }
         })
         .build()
         .expect("a valid tower-resilience breaker");
@@ -618,6 +629,7 @@ pub async fn run(scenario: Scenario, contestant: Contestant, options: Options) -
     let faults = tokio::spawn(inject(
         scenario,
         gpu.clone(),
+        fleet.light.handle(),
         fleet.chaos.clone(),
         start,
         #[cfg(feature = "redis")]
@@ -710,6 +722,7 @@ fn record(
 async fn inject(
     scenario: Scenario,
     gpu: MockGpuHandle,
+    light: MockGpuHandle,
     chaos: ChaosHandle,
     start: Instant,
     #[cfg(feature = "redis")] mut redis: Option<redis::Server>,
@@ -727,16 +740,22 @@ async fn inject(
             at(0.6).await;
             gpu.set_slowdown(1.0);
         }
-        Fault::Outage | Fault::RedisOutage => {
+        Fault::Outage => {
             at(0.2).await;
             gpu.kill();
-            #[cfg(feature = "redis")]
-            if scenario.fault == Fault::RedisOutage {
-                at(0.35).await;
-                drop(redis.take());
-            }
             at(0.5).await;
             gpu.revive();
+        }
+        Fault::RedisOutage => {
+            at(0.2).await;
+            gpu.kill();
+            light.kill();
+            at(0.35).await;
+            #[cfg(feature = "redis")]
+            drop(redis.take());
+            at(0.5).await;
+            gpu.revive();
+            light.revive();
         }
     }
 }
