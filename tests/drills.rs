@@ -15,15 +15,18 @@ use drill::{Contestant, Figures, Options, Report, Scenario, Tier};
 
 const RUN: Duration = Duration::from_secs(10);
 
-async fn drill(name: &str, options: Options) -> (Scenario, Report) {
-    let scenario = Scenario::all(RUN)
+fn scenario(name: &str) -> Scenario {
+    Scenario::all(RUN)
         .into_iter()
         .find(|s| s.name == name)
-        .expect("a scenario of that name");
-    (
-        scenario,
-        drill::run(scenario, Contestant::Ours, options).await,
-    )
+        .expect("a scenario of that name")
+}
+
+/// The named drill through our stack.
+async fn drill(name: &str, options: Options) -> (Scenario, Report) {
+    let scenario = scenario(name);
+    let report = drill::run(scenario, Contestant::Ours, options).await;
+    (scenario, report)
 }
 
 fn show(scenario: &Scenario, f: &Figures) -> String {
@@ -169,10 +172,7 @@ async fn the_bare_service_fails_where_the_stack_answers() {
         "memory pressure",
         "flaky 20%",
     ] {
-        let scenario = Scenario::all(RUN)
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap();
+        let scenario = scenario(name);
         let f = drill::run(scenario, Contestant::Bare, Options::default())
             .await
             .figures();

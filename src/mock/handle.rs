@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::gpu::MockGpuConfig;
 use crate::rng::clamp_probability;
+use crate::setting;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -197,11 +198,7 @@ impl MockGpuHandle {
     /// # }
     /// ```
     pub fn set_slowdown(&self, factor: f64) {
-        let factor = if factor.is_nan() {
-            1.0
-        } else {
-            factor.clamp(0.01, 1000.0)
-        };
+        let factor = setting::within("mock_gpu.slowdown", factor, 0.01, 1000.0, 1.0);
         self.shared.slowdown.store(factor.to_bits(), Relaxed);
     }
 

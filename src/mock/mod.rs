@@ -21,8 +21,8 @@
 //!   (the call never answers and holds its slot and memory until dropped, so timeouts are
 //!   testable).
 //! - **Control**: a [`MockGpuHandle`] shared by all clones kills and revives the backend,
-//!   changes fault rates at run time and reads its stats (calls, in flight, queued, memory,
-//!   utilisation).
+//!   slows it down (a brownout), changes fault rates at run time and reads its stats (calls,
+//!   in flight, queued, memory, out-of-memory failures, utilisation).
 //!
 //! Input is checked before it is queued: an empty prompt or zero parameters are
 //! `InvalidInput`, and huge parameters saturate into an out-of-memory answer, never a panic.
