@@ -4,7 +4,8 @@
 //! Run with `cargo bench --bench drills --features mock` (add `--features mock,redis` for the
 //! Redis drill, which starts a `redis-server` of its own). `DRILL_SECONDS` sets each run's
 //! length (default 10). Prints the table of `BENCHMARKS.md` and writes it, with the plot of
-//! the outage drill, to `target/drills/` (`table.md`, `outage.svg`).
+//! the outage drill, to `target/drills/` (`table.md`, `outage.svg`; under `CARGO_TARGET_DIR`
+//! when it is set).
 
 mod drill;
 
@@ -34,7 +35,13 @@ fn main() {
     #[cfg(feature = "redis")]
     scenarios.push(Scenario::redis(duration));
 
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/drills");
+    // Cargo's target directory (`CARGO_TARGET_DIR` when set), as the rest of the build.
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
+            PathBuf::from,
+        )
+        .join("drills");
     std::fs::create_dir_all(&out).expect("target/drills");
     let mut table = header(duration);
     let mut outage = Vec::new();
