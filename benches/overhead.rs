@@ -31,9 +31,7 @@ fn mock_gpu(c: &mut Criterion) {
 }
 
 fn classify(c: &mut Criterion) {
-    let timeout = InferenceError::Timeout {
-        after: Duration::from_secs(1),
-    };
+    let timeout = InferenceError::timeout(Duration::from_secs(1));
     let boxed: BoxError = timeout.clone().into();
     let unknown: BoxError = "connection reset".into();
     let elapsed: BoxError = tower::timeout::error::Elapsed::new().into();

@@ -204,9 +204,7 @@ async fn retry_drill() {
     let chaos = ChaosLayer::builder()
         .error_rate(0.3)
         .errors([
-            InferenceError::Timeout {
-                after: Duration::from_secs(2),
-            },
+            InferenceError::timeout(Duration::from_secs(2)),
             InferenceError::infrastructure(),
         ])
         .seed(7)

@@ -14,7 +14,7 @@
 //! ```
 //! use tower_inference::{Classify, DefaultClassifier, ErrorKind, InferenceError, Outcome};
 //!
-//! let err = InferenceError::Timeout { after: std::time::Duration::from_secs(30) };
+//! let err = InferenceError::timeout(std::time::Duration::from_secs(30));
 //! let outcome = Classify::<(), _>::classify(&DefaultClassifier, Err(&err));
 //! assert_eq!(outcome.kind(), Some(ErrorKind::Timeout));
 //! assert!(outcome.is_retryable());

@@ -34,6 +34,67 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Which wait of a call ran out, in an [`InferenceError::Timeout`].
+///
+/// A call that answers at once has one wait ([`Call`](Self::Call)). A token stream has two
+/// more: the wait for its first token, and the wait between two tokens once it has started
+/// (see [`stream`](crate::stream)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// The whole call (tower's `timeout`, a client's deadline, a remote 504).
+    #[default]
+    Call,
+    /// A stream's first token did not come in time.
+    FirstToken,
+    /// A started stream stalled: its next token did not come in time.
+    Stall,
+}
+
+impl TimeoutPhase {
+    /// Every phase, in declaration order.
+    pub const ALL: [TimeoutPhase; 3] = [
+        TimeoutPhase::Call,
+        TimeoutPhase::FirstToken,
+        TimeoutPhase::Stall,
+    ];
+
+    /// A stable snake_case name: `call`, `first_token` or `stall`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Call => "call",
+            TimeoutPhase::FirstToken => "first_token",
+            TimeoutPhase::Stall => "stall",
+        }
+    }
+
+    /// The phase whose [`as_str`](Self::as_str) is `name`, if any.
+    pub fn from_name(name: &str) -> Option<TimeoutPhase> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+fn timeout_message(phase: TimeoutPhase, after: Duration) -> String {
+    let after = fmt_duration(after);
+    match phase {
+        TimeoutPhase::Call => {
+            format!("the model did not answer within {after}; retry, or ask for fewer tokens")
+        }
+        TimeoutPhase::FirstToken => {
+            format!("the model sent no first token within {after}; retry shortly")
+        }
+        TimeoutPhase::Stall => {
+            format!("the model stopped sending tokens for {after}; the answer is incomplete, retry")
+        }
+    }
+}
+
 /// Why a model produced no usable output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -139,11 +200,14 @@ pub enum InferenceError {
         retry_after: Option<Duration>,
     },
 
-    /// The model did not answer in time.
-    #[error("the model did not answer within {}; retry, or ask for fewer tokens", fmt_duration(*after))]
+    /// The model did not answer in time: a whole call, a stream's first token, or a stream's
+    /// next token (see [`TimeoutPhase`]).
+    #[error("{}", timeout_message(*phase, *after))]
     Timeout {
-        /// How long the call waited.
+        /// How long the call, or the stream's phase, waited.
         after: Duration,
+        /// Which wait ran out.
+        phase: TimeoutPhase,
     },
 
     /// The device ran out of memory for this request.
@@ -213,6 +277,14 @@ impl InferenceError {
         }
     }
 
+    /// An [`InferenceError::Timeout`] of a whole call ([`TimeoutPhase::Call`]) after `after`.
+    pub const fn timeout(after: Duration) -> Self {
+        InferenceError::Timeout {
+            after,
+            phase: TimeoutPhase::Call,
+        }
+    }
+
     /// An [`InferenceError::Infrastructure`] with no recorded cause.
     pub const fn infrastructure() -> Self {
         InferenceError::Infrastructure { source: None }
@@ -264,7 +336,12 @@ impl InferenceError {
                 put("input_tokens", (*input).into());
                 put("max_tokens", (*max).into());
             }
-            InferenceError::Timeout { after } => put("timeout_ms", duration_ms(*after).into()),
+            InferenceError::Timeout { after, phase } => {
+                put("timeout_ms", duration_ms(*after).into());
+                if *phase != TimeoutPhase::Call {
+                    put("phase", phase.as_str().into());
+                }
+            }
             InferenceError::OutOfMemory {
                 used_mib,
                 available_mib,
@@ -499,6 +576,12 @@ impl ErrorBody {
             ErrorKind::ModelNotReady => InferenceError::ModelNotReady { retry_after },
             ErrorKind::Timeout => InferenceError::Timeout {
                 after: Duration::from_millis(number("timeout_ms")),
+                phase: self
+                    .details
+                    .get("phase")
+                    .and_then(Value::as_str)
+                    .and_then(TimeoutPhase::from_name)
+                    .unwrap_or(TimeoutPhase::Call),
             },
             ErrorKind::OutOfMemory => InferenceError::OutOfMemory {
                 used_mib: number("used_mib"),

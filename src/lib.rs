@@ -151,6 +151,7 @@ mod rng;
 pub mod server;
 mod setting;
 pub mod stack;
+pub mod stream;
 mod stripe;
 mod tally;
 
@@ -160,7 +161,9 @@ pub mod mock;
 #[cfg(feature = "http")]
 pub use crate::classify::HttpClassifier;
 pub use crate::classify::{Classify, ClassifyError, DefaultClassifier, Outcome};
-pub use crate::error::{ErrorBody, ErrorKind, InferenceError, ModelFailure, TierFailure};
+pub use crate::error::{
+    ErrorBody, ErrorKind, InferenceError, ModelFailure, TierFailure, TimeoutPhase,
+};
 pub use crate::event::{CircuitState, Emitter, Event, EventSink, NoopSink};
 pub use crate::params::{Degrade, GenerationParams, Scale};
 pub use crate::provenance::{

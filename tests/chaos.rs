@@ -25,9 +25,7 @@ async fn injected_errors_never_reach_the_inner_service() {
     let chaos = ChaosLayer::builder()
         .error_rate(1.0)
         .errors([
-            InferenceError::Timeout {
-                after: Duration::from_secs(1),
-            },
+            InferenceError::timeout(Duration::from_secs(1)),
             InferenceError::OutOfMemory {
                 used_mib: 10,
                 available_mib: 0,

@@ -226,9 +226,7 @@ mod http_responses {
 
     #[test]
     fn transport_errors_use_the_error_classifier() {
-        let err = InferenceError::Timeout {
-            after: Duration::from_secs(1),
-        };
+        let err = InferenceError::timeout(Duration::from_secs(1));
         let outcome = Classify::<http::Response<()>, _>::classify(&HttpClassifier, Err(&err));
         assert_eq!(outcome.kind(), Some(ErrorKind::Timeout));
     }

@@ -459,7 +459,7 @@ async fn a_server_that_stalls_before_its_headers_times_out_at_the_response_timeo
     let started = tokio::time::Instant::now();
     let err = backend.chat().oneshot(chat()).await.unwrap_err();
     assert!(
-        matches!(err, InferenceError::Timeout { after } if after == Duration::from_secs(30)),
+        matches!(err, InferenceError::Timeout { after, .. } if after == Duration::from_secs(30)),
         "{err:?}"
     );
     assert_eq!(started.elapsed(), Duration::from_secs(30));

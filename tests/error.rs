@@ -189,10 +189,7 @@ fn retry_after_rounds_up_and_comes_from_the_right_variants() {
 
 #[test]
 fn errors_convert_into_box_error() {
-    let boxed: tower::BoxError = InferenceError::Timeout {
-        after: Duration::from_secs(1),
-    }
-    .into();
+    let boxed: tower::BoxError = InferenceError::timeout(Duration::from_secs(1)).into();
     assert_eq!(
         boxed
             .downcast_ref::<InferenceError>()

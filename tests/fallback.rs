@@ -421,7 +421,7 @@ async fn no_request_is_lost_under_random_faults() {
             .error_rate(0.4)
             .errors([
                 InferenceError::infrastructure(),
-                InferenceError::Timeout { after: SEC },
+                InferenceError::timeout(SEC),
                 InferenceError::Overloaded {
                     queue_depth: 1,
                     retry_after: None,

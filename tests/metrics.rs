@@ -25,7 +25,7 @@ enum Do {
 }
 
 fn timeout() -> Do {
-    Do::Fail(InferenceError::Timeout { after: SEC })
+    Do::Fail(InferenceError::timeout(SEC))
 }
 
 fn backend()

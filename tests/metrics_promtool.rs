@@ -20,6 +20,7 @@ use tower_inference::degrade::DegradeLayer;
 use tower_inference::health::Health;
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
 use tower_inference::retry::RetryBudget;
+use tower_inference::stream::{Chunk, TokenStream};
 use tower_inference::{Emitter, InferenceError, Quality, Served};
 
 #[tokio::test(start_paused = true)]
@@ -30,9 +31,7 @@ async fn promtool_accepts_a_full_snapshot() {
         .layer(edge)
         .service(service_fn(|n: u32| async move {
             match n % 4 {
-                0 => Err(InferenceError::Timeout {
-                    after: Duration::from_secs(1),
-                }),
+                0 => Err(InferenceError::timeout(Duration::from_secs(1))),
                 1 => {
                     let mut s = Served::new(());
                     s.provenance
@@ -63,6 +62,17 @@ async fn promtool_accepts_a_full_snapshot() {
         }));
     for n in 0..20 {
         many.clone().oneshot(n).await.unwrap();
+    }
+    // A streamed answer, a token every 10 ms.
+    let streamed = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "edge"))
+        .service(service_fn(|()| async {
+            Ok::<_, InferenceError>(TokenStream::from_chunks(["a", " b", " c"].map(Chunk::new)))
+        }));
+    let mut stream = streamed.oneshot(()).await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        chunk.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
     }
     // A stage past the bound, and a call still in flight there.
     let extra = ServiceBuilder::new()

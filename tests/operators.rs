@@ -39,7 +39,7 @@ async fn call(
 }
 
 fn timeout() -> Result<&'static str, InferenceError> {
-    Err(InferenceError::Timeout { after: SEC })
+    Err(InferenceError::timeout(SEC))
 }
 
 #[tokio::test(start_paused = true)]

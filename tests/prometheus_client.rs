@@ -50,9 +50,7 @@ async fn one_registry_serves_the_applications_metrics_and_the_crates() {
         .service(service_fn(|n: u32| async move {
             tokio::time::sleep(Duration::from_millis(u64::from(n) * 7)).await;
             match n % 3 {
-                0 => Err(InferenceError::Timeout {
-                    after: Duration::from_secs(1),
-                }),
+                0 => Err(InferenceError::timeout(Duration::from_secs(1))),
                 1 => {
                     let mut s = Served::new(());
                     s.provenance

@@ -59,7 +59,7 @@ impl Service<&'static str> for Scripted {
 }
 
 fn timeout() -> InferenceError {
-    InferenceError::Timeout { after: SEC }
+    InferenceError::timeout(SEC)
 }
 
 fn exact(base_ms: u64) -> Backoff {
@@ -508,7 +508,7 @@ mod with_mock_gpu {
             .error_rate(0.3)
             .errors([
                 InferenceError::infrastructure(),
-                InferenceError::Timeout { after: SEC },
+                InferenceError::timeout(SEC),
             ])
             .seed(3)
             .build();
@@ -607,7 +607,7 @@ async fn the_deadline_bounds_the_attempt_in_flight() {
         "ended at the deadline, not after 10 s"
     );
     assert_eq!(err.kind(), ErrorKind::Timeout);
-    assert!(matches!(err, InferenceError::Timeout { after } if after == SEC_1));
+    assert!(matches!(err, InferenceError::Timeout { after, .. } if after == SEC_1));
 }
 
 const SEC_1: Duration = Duration::from_secs(1);

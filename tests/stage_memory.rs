@@ -34,9 +34,7 @@ fn a_stage_holds_less_than_its_documented_bound() {
             if i.is_multiple_of(2) {
                 Ok(Served::new(()))
             } else {
-                Err(InferenceError::Timeout {
-                    after: Duration::from_millis(i),
-                })
+                Err(InferenceError::timeout(Duration::from_millis(i)))
             }
         }));
     runtime.block_on(async {

@@ -10,16 +10,52 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::service::Local;
-use super::state::{Admission, ProbePermit};
+use super::state::{Admission, ProbePermit, Shared};
 use super::window::Sample;
 use crate::classify::{Classify, Outcome};
 use crate::error::InferenceError;
+use crate::stream::{StreamEnd, Watch};
 
 /// How a completed call is to be recorded.
 #[derive(Debug)]
 enum Ticket {
     Closed { epoch: u64 },
     Probe(ProbePermit),
+}
+
+impl Ticket {
+    fn settle(self, shared: &Shared, sample: Option<Sample>, now: Option<Instant>) {
+        match self {
+            Ticket::Closed { epoch } => shared.record_closed(epoch, sample, now),
+            Ticket::Probe(permit) => permit.complete(sample),
+        }
+    }
+}
+
+/// A started stream's ticket, settled when the stream ends.
+struct StreamTicket {
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    /// Whether the first chunk was slow (a stream's slow call).
+    slow: bool,
+}
+
+impl Watch for StreamTicket {
+    fn end(self: Box<Self>, end: StreamEnd) {
+        let failure = match end {
+            StreamEnd::Finished { .. } => false,
+            StreamEnd::Failed { kind, .. } if !self.shared.config.ignores(kind) => true,
+            // An ignored kind decides nothing; a caller that hung up neither (a probe's
+            // slot is freed as its permit drops).
+            StreamEnd::Failed { .. } | StreamEnd::Cancelled { .. } => return,
+        };
+        let sample = Some(Sample {
+            failure,
+            slow: self.slow,
+        });
+        let now = self.shared.needs_clock().then(Instant::now);
+        self.ticket.settle(&self.shared, sample, now);
+    }
 }
 
 pin_project! {
@@ -123,6 +159,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
+    T: 'static,
     E: From<InferenceError>,
     C: Classify<T, E>,
 {
@@ -139,7 +176,7 @@ where
                 if started.is_some() {
                     crate::clock::polling();
                 }
-                let result = ready!(fut.poll(cx));
+                let mut result = ready!(fut.poll(cx));
                 let now = started.map(|_| crate::clock::polled());
                 if let Some(ticket) = ticket.take() {
                     let shared = &local.shared;
@@ -149,7 +186,20 @@ where
                         }
                         _ => false,
                     };
-                    let sample = match local.classifier.classify(result.as_ref()) {
+                    let outcome = local.classifier.classify(result.as_ref());
+                    // A stream that started is counted when it ends.
+                    if outcome.is_success()
+                        && let Ok(res) = &mut result
+                        && let Some(stream) = crate::stream::as_stream(res)
+                    {
+                        stream.watch(Box::new(StreamTicket {
+                            shared: shared.clone(),
+                            ticket,
+                            slow,
+                        }));
+                        return Poll::Ready(result);
+                    }
+                    let sample = match outcome {
                         Outcome::Success => Some(Sample {
                             failure: false,
                             slow,
@@ -160,10 +210,7 @@ where
                             slow,
                         }),
                     };
-                    match ticket {
-                        Ticket::Closed { epoch } => shared.record_closed(epoch, sample, now),
-                        Ticket::Probe(permit) => permit.complete(sample),
-                    }
+                    ticket.settle(shared, sample, now);
                 }
                 Poll::Ready(result)
             }

@@ -357,6 +357,7 @@ where
 impl<S, K, F, C, Req> Service<Req> for KeyedBreaker<S, K, F, C>
 where
     S: Service<Req>,
+    S::Response: 'static,
     S::Error: From<InferenceError>,
     K: Hash + Eq + Clone + fmt::Display,
     F: Fn(&Req) -> K,

@@ -78,6 +78,7 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
 impl<S, C, Req> Service<Req> for Breaker<S, C>
 where
     S: Service<Req>,
+    S::Response: 'static,
     S::Error: From<InferenceError>,
     C: Classify<S::Response, S::Error> + Clone,
 {

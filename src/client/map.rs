@@ -231,7 +231,7 @@ fn of_kind(
     match kind {
         ErrorKind::InvalidInput | ErrorKind::ContextLengthExceeded => caller_fault(up, fields),
         ErrorKind::ModelNotReady => InferenceError::ModelNotReady { retry_after },
-        ErrorKind::Timeout => InferenceError::Timeout { after: up.elapsed },
+        ErrorKind::Timeout => InferenceError::timeout(up.elapsed),
         ErrorKind::OutOfMemory => out_of_memory(),
         ErrorKind::ModelFailure => InferenceError::ModelFailure {
             failure: ModelFailure::InvalidOutput,
@@ -286,7 +286,7 @@ fn by_status(
         400 if fields.says(&["maximum queue size"]) => overloaded(retry_after),
         400 | 413 | 422 => caller_fault(up, fields),
         404 if fields.says(&["model"]) => caller_fault(up, fields),
-        408 => InferenceError::Timeout { after: up.elapsed },
+        408 => InferenceError::timeout(up.elapsed),
         424 if fields.says(OUT_OF_MEMORY) => out_of_memory(),
         424 => InferenceError::ModelFailure {
             failure: ModelFailure::Generation,
@@ -296,7 +296,7 @@ fn by_status(
         // conflict, a request the server dropped: the backend's side.
         401 | 403 | 404 | 407 | 409 | 499 => infrastructure(up, fields),
         400..=499 => caller_fault(up, fields),
-        504 => InferenceError::Timeout { after: up.elapsed },
+        504 => InferenceError::timeout(up.elapsed),
         507 => out_of_memory(),
         500..=599 if fields.says(OUT_OF_MEMORY) => out_of_memory(),
         500..=599 if fields.says(LOADING) => InferenceError::ModelNotReady { retry_after },

@@ -161,9 +161,7 @@ async fn send<Req: Route, M: MapError>(
             return Err(InferenceError::infrastructure_with_source(err));
         }
         Err(_) => {
-            return Err(InferenceError::Timeout {
-                after: shared.response_timeout,
-            });
+            return Err(InferenceError::timeout(shared.response_timeout));
         }
     };
     let (parts, body) = response.into_parts();
@@ -186,9 +184,7 @@ async fn send<Req: Route, M: MapError>(
             return Err(InferenceError::infrastructure_with_source(err));
         }
         Err(_) => {
-            return Err(InferenceError::Timeout {
-                after: started.elapsed(),
-            });
+            return Err(InferenceError::timeout(started.elapsed()));
         }
     };
     if !success {

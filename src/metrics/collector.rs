@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 use super::histogram::{BOUNDS, Histogram, Merged};
+use super::stream::{StreamSnapshot, StreamStats};
 use super::topk::SpaceSaving;
 use super::window::{BUCKET_SECS, RateRing, Rates};
 use crate::breaker::BreakerHandle;
@@ -107,6 +108,7 @@ pub(crate) struct Stage {
     cache_age: AtomicU64,
     patterns: Box<[Mutex<SpaceSaving>]>,
     top_k: usize,
+    streams: Box<StreamStats>,
 }
 
 /// The current 10-second period since `origin`, plus one (0 is "never written").
@@ -142,7 +144,13 @@ impl Stage {
                 .map(|_| Mutex::new(SpaceSaving::new(top_k)))
                 .collect(),
             top_k,
+            streams: Box::default(),
         }
+    }
+
+    /// What the stage records of streamed answers.
+    pub(crate) fn streams(&self) -> &StreamStats {
+        &self.streams
     }
 
     /// Counts a call started (for the in-flight gauge).
@@ -318,6 +326,7 @@ impl Stage {
                     })
                 })
                 .collect(),
+            streams: self.streams.snapshot(),
         }
     }
 
@@ -788,7 +797,7 @@ pub struct LatencySnapshot {
 }
 
 impl LatencySnapshot {
-    fn of(merged: &Merged) -> Self {
+    pub(crate) fn of(merged: &Merged) -> Self {
         let mut total = 0;
         LatencySnapshot {
             count: merged.count,
@@ -884,6 +893,9 @@ pub struct StageSnapshot {
     pub cache_age: Option<Duration>,
     /// The most frequent error patterns, most frequent first.
     pub top_patterns: Vec<Pattern>,
+    /// Streamed answers: time to first token, inter-token latency, tokens per second and
+    /// how streams ended.
+    pub streams: StreamSnapshot,
 }
 
 impl StageSnapshot {

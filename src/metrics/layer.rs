@@ -12,6 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::collector::{ErrorMetrics, Stage};
+use super::stream::StreamStats;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::provenance::{Annotate, PRIMARY_TIER, Provenance};
 use crate::stripe::{Homed, PerThread};
@@ -264,6 +265,7 @@ impl<S: std::fmt::Debug, C, P, O> std::fmt::Debug for Metrics<S, C, P, O> {
 impl<S, C, P, O, Req> Service<Req> for Metrics<S, C, P, O>
 where
     S: Service<Req>,
+    S::Response: 'static,
     C: Classify<S::Response, S::Error> + Clone,
     P: ReadProvenance<S::Response> + Clone,
     O: OperationLabel<Req>,
@@ -333,6 +335,7 @@ impl<F, C, P> std::fmt::Debug for ResponseFuture<F, C, P> {
 impl<F, C, P, T, E> Future for ResponseFuture<F, C, P>
 where
     F: Future<Output = Result<T, E>>,
+    T: 'static,
     C: Classify<T, E>,
     P: ReadProvenance<T>,
 {
@@ -350,13 +353,23 @@ where
             .as_ref()
             .ok()
             .and_then(|res| local.provenance.read(res));
+        let latency = finished.saturating_duration_since(*this.started);
         local.stage.record(
             kind,
-            finished.saturating_duration_since(*this.started),
+            latency,
             provenance,
             this.operation.as_deref(),
             &local.primary.name,
         );
+        // A stream that started: its wait was the time to first token; its chunks and its
+        // end are watched.
+        if kind.is_none()
+            && let Ok(res) = &mut result
+            && let Some(stream) = crate::stream::as_stream(res)
+        {
+            let watch = StreamStats::started(&local.stage, latency, finished);
+            stream.watch(Box::new(watch));
+        }
         // Only now: a classifier or provenance reader that panics counts as a cancel.
         *this.done = true;
         if local.primary.names_answers

@@ -78,7 +78,7 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(MetricsLayer::new(&metrics, "edge"))
 //!     .service(service_fn(|fail: bool| async move {
-//!         if fail { Err(InferenceError::Timeout { after: std::time::Duration::from_secs(1) }) }
+//!         if fail { Err(InferenceError::timeout(std::time::Duration::from_secs(1))) }
 //!         else { Ok(Served::new("ok")) }
 //!     }));
 //! svc.clone().oneshot(false).await.unwrap();
@@ -100,6 +100,7 @@ mod prometheus;
 #[cfg(feature = "prometheus-client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus-client")))]
 mod registry;
+mod stream;
 mod topk;
 mod window;
 
@@ -111,4 +112,5 @@ pub use self::layer::{
     FromAnnotate, LabelFn, Metrics, MetricsLayer, NoLabel, NoProvenance, OperationLabel,
     ReadProvenance, ResponseFuture,
 };
+pub use self::stream::{RateSnapshot, StreamSnapshot};
 pub use self::window::Rates;

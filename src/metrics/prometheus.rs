@@ -257,6 +257,74 @@ pub(crate) fn families(s: &MetricsSnapshot, prefix: &str) -> Vec<Family> {
         }
     }
 
+    // Stream series only for the stages that saw a stream, so that a service that never
+    // streams exports none of them.
+    let streaming: Vec<&StageSnapshot> = stages
+        .iter()
+        .filter(|st| st.streams.first_token.count > 0)
+        .collect();
+    let series = f.family(
+        "stream_first_token_seconds",
+        Type::Histogram,
+        "Time from the call to the first chunk of the streams that started, by stage.",
+    );
+    series.extend(
+        streaming
+            .iter()
+            .map(|st| histogram(vec![stage(st)], &st.streams.first_token)),
+    );
+    let series = f.family(
+        "stream_inter_token_seconds",
+        Type::Histogram,
+        "Time between two chunks of a stream, by stage.",
+    );
+    series.extend(
+        streaming
+            .iter()
+            .map(|st| histogram(vec![stage(st)], &st.streams.inter_token)),
+    );
+    let series = f.family(
+        "stream_tokens_per_second",
+        Type::Histogram,
+        "Tokens per second after the first chunk, of the streams that finished, by stage.",
+    );
+    series.extend(streaming.iter().map(|st| {
+        let rates = &st.streams.tokens_per_second;
+        let mut below = 0;
+        Series {
+            labels: vec![stage(st)],
+            value: Value::Histogram {
+                buckets: rates
+                    .buckets
+                    .iter()
+                    .map(|(bound, cumulative)| {
+                        let n = cumulative - below;
+                        below = *cumulative;
+                        (*bound, n)
+                    })
+                    .collect(),
+                sum: rates.sum,
+                count: rates.count,
+            },
+        }
+    }));
+    let series = f.family(
+        "streams_ended",
+        Type::Counter,
+        "Streams that started, by stage and how they ended: finished, failed (mid-stream), stalled (cut by the stall timeout) or cancelled (the caller hung up).",
+    );
+    for st in &streaming {
+        let s = &st.streams;
+        for (end, n) in [
+            ("finished", s.finished),
+            ("failed", s.failed),
+            ("stalled", s.stalled),
+            ("cancelled", s.cancelled),
+        ] {
+            series.push(number(vec![stage(st), ("end", end.to_owned())], n as f64));
+        }
+    }
+
     let series = f.family(
         "tier_answers",
         Type::Counter,

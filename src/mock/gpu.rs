@@ -282,7 +282,7 @@ impl MockGpu {
     }
 
     /// The checks a serving endpoint makes before it queues a request.
-    fn admit(
+    pub(super) fn admit(
         &mut self,
         req: &InferenceRequest,
     ) -> Result<(OwnedSemaphorePermit, Gauge), InferenceError> {
@@ -434,13 +434,13 @@ impl Job {
 }
 
 /// Counts a request in a gauge (queued or in flight) for as long as it lives.
-struct Gauge {
+pub(super) struct Gauge {
     shared: Arc<Shared>,
     gauge: fn(&Shared) -> &AtomicUsize,
 }
 
 impl Gauge {
-    fn enter(shared: &Arc<Shared>, gauge: fn(&Shared) -> &AtomicUsize) -> Self {
+    pub(super) fn enter(shared: &Arc<Shared>, gauge: fn(&Shared) -> &AtomicUsize) -> Self {
         gauge(shared).fetch_add(1, Relaxed);
         Gauge {
             shared: shared.clone(),

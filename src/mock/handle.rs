@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::gpu::MockGpuConfig;
+use super::stream::StreamFault;
 use crate::rng::clamp_probability;
 use crate::setting;
 
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) queued: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) memory_used_mib: AtomicU64,
+    /// The fault every new stream meets (streaming mode).
+    pub(crate) stream_fault: std::sync::Mutex<Option<StreamFault>>,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             memory_used_mib: AtomicU64::new(0),
+            stream_fault: std::sync::Mutex::new(None),
             config,
         };
         shared.start_loading();
@@ -200,6 +204,16 @@ impl MockGpuHandle {
     pub fn set_slowdown(&self, factor: f64) {
         let factor = setting::within("mock_gpu.slowdown", factor, 0.01, 1000.0, 1.0);
         self.shared.slowdown.store(factor.to_bits(), Relaxed);
+    }
+
+    /// Sets the fault every stream started from now on meets, in streaming mode
+    /// ([`MockGpu::streaming`](super::MockGpu::streaming)); `None` clears it.
+    pub fn set_stream_fault(&self, fault: Option<StreamFault>) {
+        *self
+            .shared
+            .stream_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = fault;
     }
 
     /// A snapshot of the backend's counters and gauges.

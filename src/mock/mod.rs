@@ -53,6 +53,7 @@ mod gpu;
 mod handle;
 #[cfg(feature = "openai")]
 mod openai;
+mod stream;
 mod types;
 
 pub use self::chaos::{Chaos, ChaosBuilder, ChaosFuture, ChaosHandle, ChaosLayer};
@@ -61,4 +62,5 @@ pub use self::handle::{MockGpuHandle, MockGpuStats};
 #[cfg(feature = "openai")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
 pub use self::openai::{MockOpenAiFuture, OpenAiGpu};
+pub use self::stream::{MockGpuStream, StreamFault};
 pub use self::types::{Completion, InferenceRequest};

@@ -101,6 +101,11 @@ const WORDS: [&str; 16] = [
     "time",
 ];
 
+/// One word of the vocabulary, drawn with `rng`.
+pub(crate) fn word(rng: &mut SmallRng) -> &'static str {
+    WORDS[rng.random_range(0..WORDS.len())]
+}
+
 /// `tokens` words drawn from a small vocabulary with `rng`.
 pub(crate) fn generate_text(tokens: u32, rng: &mut SmallRng) -> String {
     let mut text = String::with_capacity(tokens as usize * 6);
@@ -108,7 +113,7 @@ pub(crate) fn generate_text(tokens: u32, rng: &mut SmallRng) -> String {
         if i > 0 {
             text.push(' ');
         }
-        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        text.push_str(word(rng));
     }
     text
 }

@@ -135,7 +135,7 @@ where
             // The deadline bounds the whole call: the attempt in flight is dropped.
             crate::tally::report(retry.attempts.made());
             let after = retry.local.shared.deadline.unwrap_or_default();
-            return Poll::Ready(Err(InferenceError::Timeout { after }.into()));
+            return Poll::Ready(Err(InferenceError::timeout(after).into()));
         }
         Poll::Pending
     }

@@ -72,7 +72,7 @@
 //!     let n = counter.fetch_add(1, Ordering::SeqCst);
 //!     async move {
 //!         if n == 0 {
-//!             Err(InferenceError::Timeout { after: std::time::Duration::from_secs(30) })
+//!             Err(InferenceError::timeout(std::time::Duration::from_secs(30)))
 //!         } else {
 //!             Ok(Served::new(prompt.len()))
 //!         }

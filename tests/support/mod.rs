@@ -169,9 +169,7 @@ pub fn one_of_each() -> Vec<InferenceError> {
         InferenceError::ModelNotReady {
             retry_after: Some(Duration::from_millis(1500)),
         },
-        InferenceError::Timeout {
-            after: Duration::from_secs(30),
-        },
+        InferenceError::timeout(Duration::from_secs(30)),
         InferenceError::OutOfMemory {
             used_mib: 23_000,
             available_mib: 512,
