@@ -15,6 +15,13 @@
 //! | `GET /health/live`, `/health/ready`, `/health/inference` | health (the last runs a canary) |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/primary/kill`, `/revive`, `/restart` | outage drills on the mock primary |
+//! | `POST /admin/primary/break-streams`, `/mend-streams` | streams die after 3 tokens, or not |
+//!
+//! Both inference routes stream with `"stream": true`: OpenAI-compatible server-sent events
+//! (`data: {...}` chunks, then `data: [DONE]`), with the `x-inference-*` headers sent before
+//! the first chunk. A stream that fails after its first token ends with an error event
+//! (which OpenAI's clients raise), never with a silently truncated answer; before its first
+//! token, it falls back like any call. A client that disconnects cancels the model's work.
 //!
 //! Each inference route runs the recommended stack (metrics, fallback, degrade, retry,
 //! breaker, timeout) over a 70B mock model; when it fails, a lighter 8B mock answers, then the
@@ -48,7 +55,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -61,17 +70,18 @@ use tower_inference::degrade::DegradeLayer;
 use tower_inference::fallback::{FallbackLayer, MemoryStore};
 use tower_inference::health::{Health, HealthService};
 use tower_inference::metrics::ErrorMetrics;
-use tower_inference::mock::{ChaosHandle, ChaosLayer, MockGpu, MockGpuHandle};
+use tower_inference::mock::{ChaosHandle, ChaosLayer, MockGpu, MockGpuHandle, StreamFault};
 use tower_inference::openai::{
     ChatCompletionRequest, ChatCompletionResponse, ChatMessage, CompletionRequest,
     CompletionResponse, ModelList,
 };
 use tower_inference::retry::{Backoff, RetryLayer};
 use tower_inference::server::{
-    CorrelationLayer, DEFAULT_BODY_LIMIT, ErrorResponseLayer, ErrorShape, JsonEndpoint,
-    RequestError,
+    CorrelationLayer, DEFAULT_BODY_LIMIT, EndpointBody, ErrorResponseLayer, ErrorShape,
+    JsonEndpoint, OpenAiSse, RequestError, sse_response,
 };
 use tower_inference::stack::InferenceStack;
+use tower_inference::stream::{StreamTimeoutLayer, TokenStream};
 use tower_inference::{InferenceError, Quality};
 
 /// The primary model's name.
@@ -164,7 +174,10 @@ fn number<T: std::str::FromStr>(value: &str, name: &str) -> Result<T, String> {
 }
 
 /// A boxed response future.
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<String>, BoxError>> + Send>>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<EndpointBody>, BoxError>> + Send>>;
+
+/// A route's streaming stack.
+type Streaming<Req> = tower::util::BoxCloneSyncService<Req, TokenStream, BoxError>;
 
 /// The stack for one route (its fallback tiers follow: they depend on the route's types).
 macro_rules! stack {
@@ -202,7 +215,7 @@ macro_rules! stack {
 
 /// The gateway: its routes and handles on what it runs.
 pub struct Gateway {
-    routes: tower::util::BoxCloneSyncService<Request<Incoming>, Response<String>, BoxError>,
+    routes: tower::util::BoxCloneSyncService<Request<Incoming>, Response<EndpointBody>, BoxError>,
     /// The primary mock GPU's controls.
     pub primary: MockGpuHandle,
     /// The lighter mock GPU's controls.
@@ -270,6 +283,32 @@ impl Gateway {
                     .check(<$req>::validate)
             }};
         }
+        // One route's streaming stack: the same layers, over the primary's streaming mode,
+        // with first-token and stall timeouts; its tiers stream too.
+        macro_rules! streaming {
+            ($route:literal, $serve:ident, $req:ty) => {{
+                let tiers = if config.fallback {
+                    FallbackLayer::builder()
+                        .tier(LIGHT, Quality::Reduced, light.$serve())
+                        .static_default(|_: &$req| TokenStream::from_text(STATIC_REPLY))
+                } else {
+                    FallbackLayer::builder()
+                };
+                let svc = ServiceBuilder::new()
+                    .layer(stack!(&metrics, $route).fallback(tiers).build())
+                    .layer(&chaos)
+                    .layer(
+                        StreamTimeoutLayer::new()
+                            .first_token(Duration::from_secs(5))
+                            .stall(Duration::from_secs(2)),
+                    )
+                    .service(primary.$serve());
+                Streaming::<$req>::new(svc)
+            }};
+        }
+        let chat_stream = streaming!("chat-stream", chat_stream, ChatCompletionRequest);
+        let completions_stream =
+            streaming!("completions-stream", completions_stream, CompletionRequest);
         let chat = endpoint!("chat", chat, ChatCompletionRequest, ChatCompletionResponse);
         let completions = endpoint!(
             "completions",
@@ -319,6 +358,9 @@ impl Gateway {
         let routes = Routes {
             chat,
             completions,
+            chat_stream,
+            completions_stream,
+            body_limit: config.body_limit,
             health: HealthService::new(health),
             metrics: metrics.clone(),
             primary: gpu.clone(),
@@ -364,6 +406,9 @@ impl Gateway {
 struct Routes<C, T> {
     chat: C,
     completions: T,
+    chat_stream: Streaming<ChatCompletionRequest>,
+    completions_stream: Streaming<CompletionRequest>,
+    body_limit: usize,
     health: HealthService,
     metrics: ErrorMetrics,
     primary: MockGpuHandle,
@@ -372,18 +417,18 @@ struct Routes<C, T> {
 
 impl<C, T> Service<Request<Incoming>> for Routes<C, T>
 where
-    C: Service<Request<Incoming>, Response = Response<String>, Error = BoxError>
+    C: Service<Request<Full<Bytes>>, Response = Response<String>, Error = BoxError>
         + Clone
         + Send
         + 'static,
     C::Future: Send + 'static,
-    T: Service<Request<Incoming>, Response = Response<String>, Error = BoxError>
+    T: Service<Request<Full<Bytes>>, Response = Response<String>, Error = BoxError>
         + Clone
         + Send
         + 'static,
     T::Future: Send + 'static,
 {
-    type Response = Response<String>;
+    type Response = Response<EndpointBody>;
     type Error = BoxError;
     type Future = BoxFuture;
 
@@ -396,8 +441,36 @@ where
         let post = req.method() == Method::POST;
         let get = req.method() == Method::GET;
         match req.uri().path() {
-            "/v1/chat/completions" if post => Box::pin(self.chat.clone().oneshot(req)),
-            "/v1/completions" if post => Box::pin(self.completions.clone().oneshot(req)),
+            "/v1/chat/completions" if post => {
+                let (json, stream) = (self.chat.clone(), self.chat_stream.clone());
+                let limit = self.body_limit;
+                Box::pin(async move {
+                    let (parts, bytes) = read_body(req, limit).await?;
+                    if let Some(req) = streamed::<ChatCompletionRequest>(&bytes) {
+                        req.validate_streamed()?;
+                        let id = format!("chatcmpl-{}", next_id());
+                        let format = OpenAiSse::chat(id, req.model.clone(), req.token_budget());
+                        return Ok(sse_response(stream.oneshot(req).await?, format));
+                    }
+                    let res = json.oneshot(Request::from_parts(parts, Full::new(bytes)));
+                    Ok(res.await?.map(EndpointBody::from))
+                })
+            }
+            "/v1/completions" if post => {
+                let (json, stream) = (self.completions.clone(), self.completions_stream.clone());
+                let limit = self.body_limit;
+                Box::pin(async move {
+                    let (parts, bytes) = read_body(req, limit).await?;
+                    if let Some(req) = streamed::<CompletionRequest>(&bytes) {
+                        req.validate_streamed()?;
+                        let id = format!("cmpl-{}", next_id());
+                        let format = OpenAiSse::completion(id, req.model.clone(), req.max_tokens);
+                        return Ok(sse_response(stream.oneshot(req).await?, format));
+                    }
+                    let res = json.oneshot(Request::from_parts(parts, Full::new(bytes)));
+                    Ok(res.await?.map(EndpointBody::from))
+                })
+            }
             "/v1/chat/completions" | "/v1/completions" => {
                 refuse(RequestError::MethodNotAllowed { allow: "POST" })
             }
@@ -411,10 +484,24 @@ where
             ),
             "/health/live" | "/health/ready" | "/health/inference" if get => {
                 let health = self.health.clone();
-                Box::pin(async move { Ok(health.oneshot(req).await?) })
+                Box::pin(async move { Ok(health.oneshot(req).await?.map(EndpointBody::from)) })
             }
             "/v1/models" | "/metrics" | "/health/live" | "/health/ready" | "/health/inference" => {
                 refuse(RequestError::MethodNotAllowed { allow: "GET" })
+            }
+            path @ ("/admin/primary/break-streams" | "/admin/primary/mend-streams") => {
+                if !post {
+                    return refuse(RequestError::MethodNotAllowed { allow: "POST" });
+                }
+                let broken = path.ends_with("break-streams");
+                let fault = broken.then_some(StreamFault::DieAfter(3));
+                self.primary.set_stream_fault(fault);
+                tracing::warn!(broken, "admin: primary streams");
+                answer(
+                    StatusCode::OK,
+                    "application/json",
+                    format!(r#"{{"streams_broken":{broken}}}"#),
+                )
             }
             path @ ("/admin/primary/kill" | "/admin/primary/revive" | "/admin/primary/restart") => {
                 if !post {
@@ -445,8 +532,43 @@ fn refuse(err: RequestError) -> BoxFuture {
     Box::pin(async move { Err(err.into()) })
 }
 
+/// A request to a streaming route whose body asks for a stream (`"stream": true`) and parses;
+/// anything else goes to the JSON endpoint, which answers with the right error.
+fn streamed<Req: serde::de::DeserializeOwned>(bytes: &Bytes) -> Option<Req> {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        stream: Option<bool>,
+    }
+    let flag: Flag = serde_json::from_slice(bytes).ok()?;
+    if flag.stream != Some(true) {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The request's body, read up to `limit` bytes.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(http::request::Parts, Bytes), RequestError> {
+    let (parts, body) = req.into_parts();
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(RequestError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(RequestError::BodyUnreadable),
+    }
+}
+
+/// A process-wide sequence number for stream ids.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> BoxFuture {
-    let mut res = Response::new(body);
+    let mut res = Response::new(EndpointBody::from(body));
     *res.status_mut() = status;
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -132,6 +132,33 @@ impl ChatCompletionRequest {
             self.stream,
         )
     }
+
+    /// Whether the caller asked for a streamed answer (`"stream": true`).
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// Checks a request to be answered as a stream of server-sent events: as
+    /// [`validate`](Self::validate), with streaming allowed and one choice (`n` of 1).
+    pub fn validate_streamed(&self) -> Result<(), InferenceError> {
+        if self.messages.is_empty() {
+            return Err(InferenceError::invalid_input(
+                "`messages` is empty; send at least one message",
+            ));
+        }
+        check_common(self.max_tokens, self.max_completion_tokens, self.n, None)?;
+        one_choice(self.n)
+    }
+}
+
+/// Streams answer one choice.
+fn one_choice(n: Option<u32>) -> Result<(), InferenceError> {
+    if n.is_some_and(|n| n != 1) {
+        return Err(InferenceError::invalid_input(
+            "a streamed answer has one choice; set `n` to 1 or `stream` to false",
+        ));
+    }
+    Ok(())
 }
 
 fn check_common(
@@ -411,6 +438,18 @@ impl CompletionRequest {
     /// Checks a budget of at least 1, `n` in `1..=128` and no streaming.
     pub fn validate(&self) -> Result<(), InferenceError> {
         check_common(self.max_tokens, None, self.n, self.stream)
+    }
+
+    /// Whether the caller asked for a streamed answer (`"stream": true`).
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// Checks a request to be answered as a stream of server-sent events: a budget of at
+    /// least 1 and one choice (`n` of 1).
+    pub fn validate_streamed(&self) -> Result<(), InferenceError> {
+        check_common(self.max_tokens, None, self.n, None)?;
+        one_choice(self.n)
     }
 }
 

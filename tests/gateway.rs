@@ -546,3 +546,121 @@ async fn without_fallback_an_overloaded_primary_is_a_429_with_retry_after() {
     let stats = primary.stats();
     assert_eq!((stats.in_flight, stats.queued), (0, 0));
 }
+
+/// The `data:` payloads of a server-sent-events body.
+fn sse_events(body: &str) -> Vec<&str> {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .collect()
+}
+
+fn streamed(prompt: &str, tokens: u32) -> Value {
+    json!({
+        "model": PRIMARY,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "stream": true,
+    })
+}
+
+#[tokio::test]
+async fn stream_true_answers_with_openai_server_sent_events() {
+    let gw = start(loaded()).await;
+    let answer = gw.post("/v1/chat/completions", &streamed("Hello", 6)).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.header("content-type"), "text/event-stream");
+    assert_eq!(answer.header("x-inference-tier"), PRIMARY);
+    let events = sse_events(&answer.body);
+    assert_eq!(events.last(), Some(&"[DONE]"), "{}", answer.body);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(
+        chunks.len(),
+        7,
+        "six tokens and the finish: {}",
+        answer.body
+    );
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 6);
+    assert_eq!(chunks[6]["choices"][0]["finish_reason"], "length");
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+
+    // Text completions stream too.
+    let body = json!({"model": PRIMARY, "prompt": "Once", "max_tokens": 3, "stream": true});
+    let answer = gw.post("/v1/completions", &body).await;
+    let events = sse_events(&answer.body);
+    assert_eq!(events.len(), 3 + 1 + 1, "{}", answer.body);
+    let first: Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["object"], "text_completion");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_dies_midway_ends_with_an_error_event_and_no_done() {
+    let gw = start(loaded()).await;
+    gw.post("/admin/primary/break-streams", &json!({})).await;
+    let answer = gw
+        .post("/v1/chat/completions", &streamed("Hello", 20))
+        .await;
+    assert_eq!(
+        answer.status(),
+        200,
+        "the status was sent with the first token"
+    );
+    let events = sse_events(&answer.body);
+    assert_eq!(events.len(), 3 + 1, "{}", answer.body);
+    let error: Value = serde_json::from_str(events[3]).unwrap();
+    assert_eq!(error["error"]["code"], "model_failure");
+    assert!(!answer.body.contains("[DONE]"));
+    // Not retried, not replaced by the lighter model.
+    assert_eq!(gw.gateway.light.stats().calls, 0);
+
+    // A stream that cannot start falls back like any call.
+    gw.post("/admin/primary/mend-streams", &json!({})).await;
+    gw.gateway.primary.kill();
+    let answer = gw.post("/v1/chat/completions", &streamed("Hello", 4)).await;
+    assert_eq!(answer.header("x-inference-tier"), LIGHT);
+    assert!(
+        answer
+            .header("x-inference-fallback-reasons")
+            .contains("llama-70b=")
+    );
+    assert_eq!(sse_events(&answer.body).last(), Some(&"[DONE]"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_frees_the_model() {
+    let gw = start(loaded()).await;
+    let req = Request::post(gw.uri("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(streamed("Tell me everything", 2_000).to_string())
+        .unwrap();
+    let res = gw.client.request(req).await.unwrap();
+    assert_eq!(gw.gateway.primary.stats().in_flight, 1);
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    drop(body);
+    // The server sees the closed connection and drops the stream.
+    for _ in 0..200 {
+        if gw.gateway.primary.stats().in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.gateway.primary.stats().in_flight, 0);
+    let text = gw.get("/metrics").await.body;
+    assert!(
+        text.contains(r#"inference_streams_ended_total{stage="edge",end="cancelled"} 1"#),
+        "{text}"
+    );
+    gw.stop().await;
+}

@@ -30,7 +30,9 @@ fn model(name: &'static str, slots: usize) -> MockGpu {
         .build()
 }
 
-fn fallback<E>(light: &MockGpu) -> tower_inference::fallback::FallbackBuilder<InferenceRequest, TokenStream, E>
+fn fallback<E>(
+    light: &MockGpu,
+) -> tower_inference::fallback::FallbackBuilder<InferenceRequest, TokenStream, E>
 where
     E: From<InferenceError> + Send + 'static,
 {
@@ -40,7 +42,9 @@ where
 }
 
 fn timeouts() -> StreamTimeoutLayer {
-    StreamTimeoutLayer::new().first_token(100 * MS).stall(50 * MS)
+    StreamTimeoutLayer::new()
+        .first_token(100 * MS)
+        .stall(50 * MS)
 }
 
 /// Spawns `n` streamed calls and returns the text of each, or the error that ended it.
@@ -176,7 +180,10 @@ async fn a_thousand_callers_hanging_up_leave_no_busy_slot_and_no_probe_taken() {
     // Open the breaker, so that some of the callers below are half-open probes.
     primary.handle().kill();
     for _ in 0..20 {
-        let _ = svc.clone().oneshot(InferenceRequest::new("x").max_tokens(4)).await;
+        let _ = svc
+            .clone()
+            .oneshot(InferenceRequest::new("x").max_tokens(4))
+            .await;
     }
     assert_eq!(handle.state(), CircuitState::Open);
     primary.handle().revive();

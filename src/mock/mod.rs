@@ -61,6 +61,6 @@ pub use self::gpu::{MockGpu, MockGpuBuilder, MockGpuFuture};
 pub use self::handle::{MockGpuHandle, MockGpuStats};
 #[cfg(feature = "openai")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
-pub use self::openai::{MockOpenAiFuture, OpenAiGpu};
+pub use self::openai::{MockOpenAiFuture, OpenAiGpu, OpenAiGpuStream};
 pub use self::stream::{MockGpuStream, StreamFault};
 pub use self::types::{Completion, InferenceRequest};

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::gpu::{MockGpu, MockGpuFuture};
 use super::handle::MockGpuHandle;
+use super::stream::MockGpuStream;
 use super::types::{Completion, InferenceRequest};
 use crate::error::InferenceError;
 use crate::openai::{
@@ -18,6 +19,7 @@ use crate::openai::{
     CompletionRequest, CompletionResponse, MAX_N, Usage,
 };
 use crate::params::GenerationParams;
+use crate::stream::TokenStream;
 
 /// The budget the mock generates when a request sets none.
 const DEFAULT_BUDGET: u32 = 256;
@@ -224,5 +226,77 @@ impl<T> Future for MockOpenAiFuture<T> {
         let this = self.project();
         let done = ready!(this.inner.poll(cx))?;
         Poll::Ready(Ok((this.finish)(done, *this.reply)))
+    }
+}
+
+impl MockGpu {
+    /// This GPU streaming chat completions (features `mock` and `openai`): each request is
+    /// answered as [`MockGpu::chat`] would, as a [`TokenStream`] from
+    /// [`MockGpu::streaming`].
+    pub fn chat_stream(&self) -> OpenAiGpuStream<ChatCompletionRequest> {
+        OpenAiGpuStream {
+            gpu: self.streaming(),
+            _req: PhantomData,
+        }
+    }
+
+    /// This GPU streaming text completions, as [`MockGpu::chat_stream`] does chat.
+    pub fn completions_stream(&self) -> OpenAiGpuStream<CompletionRequest> {
+        OpenAiGpuStream {
+            gpu: self.streaming(),
+            _req: PhantomData,
+        }
+    }
+}
+
+/// A [`MockGpu`] streaming answers to OpenAI-compatible requests of type `Req`: made by
+/// [`MockGpu::chat_stream`] and [`MockGpu::completions_stream`].
+pub struct OpenAiGpuStream<Req> {
+    gpu: MockGpuStream,
+    _req: PhantomData<fn(Req)>,
+}
+
+impl<Req> Clone for OpenAiGpuStream<Req> {
+    fn clone(&self) -> Self {
+        OpenAiGpuStream {
+            gpu: self.gpu.clone(),
+            _req: PhantomData,
+        }
+    }
+}
+
+impl<Req> fmt::Debug for OpenAiGpuStream<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OpenAiGpuStream").field(&self.gpu).finish()
+    }
+}
+
+impl Service<ChatCompletionRequest> for OpenAiGpuStream<ChatCompletionRequest> {
+    type Response = TokenStream;
+    type Error = InferenceError;
+    type Future = <MockGpuStream as Service<InferenceRequest>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.gpu.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatCompletionRequest) -> Self::Future {
+        let (inner, _) = request(req.prompt_text(), req.token_budget(), Some(1));
+        self.gpu.call(inner)
+    }
+}
+
+impl Service<CompletionRequest> for OpenAiGpuStream<CompletionRequest> {
+    type Response = TokenStream;
+    type Error = InferenceError;
+    type Future = <MockGpuStream as Service<InferenceRequest>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.gpu.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: CompletionRequest) -> Self::Future {
+        let (inner, _) = request(req.prompt.text().into_owned(), req.max_tokens, Some(1));
+        self.gpu.call(inner)
     }
 }

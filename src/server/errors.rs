@@ -190,17 +190,22 @@ pub fn error_response<B: From<String>>(
     Found::of(err).respond(shape, correlation_id)
 }
 
+/// The JSON body [`error_response`] gives `err` (for an error sent inside a stream, where
+/// the status was already sent).
+pub(crate) fn error_json(
+    err: &(dyn StdError + 'static),
+    shape: ErrorShape,
+    correlation_id: Option<&str>,
+) -> String {
+    Found::of(err).json(shape, correlation_id)
+}
+
 impl Found<'_> {
-    /// The response for this error: see [`error_response`].
-    fn respond<B: From<String>>(
-        &self,
-        shape: ErrorShape,
-        correlation_id: Option<&str>,
-    ) -> Response<B> {
-        let retry_after = self.retry_after();
+    /// The body for this error, in `shape`.
+    fn json(&self, shape: ErrorShape, correlation_id: Option<&str>) -> String {
         let mut body = self.body();
         body.correlation_id = correlation_id.map(str::to_owned);
-        let json = match shape {
+        match shape {
             ErrorShape::Native => serde_json::to_string(&body),
             ErrorShape::OpenAi => serde_json::to_string(&serde_json::json!({
                 "error": {
@@ -213,7 +218,17 @@ impl Found<'_> {
             })),
         }
         // Serializing strings, numbers and maps of them cannot fail.
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    /// The response for this error: see [`error_response`].
+    fn respond<B: From<String>>(
+        &self,
+        shape: ErrorShape,
+        correlation_id: Option<&str>,
+    ) -> Response<B> {
+        let retry_after = self.retry_after();
+        let json = self.json(shape, correlation_id);
         let mut res = Response::new(B::from(json));
         *res.status_mut() = self.status();
         let headers = res.headers_mut();

@@ -66,6 +66,7 @@ mod correlation;
 mod endpoint;
 mod errors;
 mod headers;
+mod sse;
 
 pub use self::correlation::{
     CORRELATION_ID, Correlation, CorrelationFuture, CorrelationId, CorrelationLayer, REQUEST_ID,
@@ -82,3 +83,6 @@ pub use self::headers::{
     ProvenanceHeadersFuture, ProvenanceHeadersLayer, QUALITY, TIER, UPSTREAM_PREFIX,
     read_provenance, write_provenance,
 };
+#[cfg(feature = "openai")]
+pub use self::sse::OpenAiSse;
+pub use self::sse::{EndpointBody, SseFormat, sse_response};
