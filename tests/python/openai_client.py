@@ -92,4 +92,39 @@ took = time.monotonic() - started
 check(completion.choices[0].message.content, "the retried request succeeds")
 check(statuses == [503, 200], f"after one 503 (responses: {statuses})")
 check(1.0 <= took < 10, f"having waited as Retry-After said ({took:.2f} s)")
+
+def admin(action):
+    urllib.request.urlopen(
+        urllib.request.Request(BASE + "/admin/primary/" + action, method="POST")
+    )
+
+
+def stream(content, max_tokens):
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        stream=True,
+    )
+
+
+# A streamed chat completion: chunks as they come, who answers in the headers before them.
+answer = stream("Stream to me", 8)
+check(answer.response.headers["x-inference-tier"] == MODEL, "a stream says who answers")
+chunks = list(answer)
+text = "".join(c.choices[0].delta.content or "" for c in chunks)
+check(len(text.split()) == 8, f"a stream of max_tokens words ({text!r})")
+check(chunks[-1].choices[0].finish_reason == "length", "ending with its finish reason")
+
+# A stream whose model dies after 3 tokens raises in the client: no silently short answer.
+admin("break-streams")
+received = []
+try:
+    for chunk in stream("Stream to me", 20):
+        received.append(chunk.choices[0].delta.content or "")
+    check(False, "a stream that dies midway raises")
+except openai.APIError as err:
+    check("failed" in str(err.message), f"a mid-stream failure raises APIError ({err.message})")
+    check(len("".join(received).split()) == 3, "after the 3 tokens that were sent")
+admin("mend-streams")
 print("openai client: all checks passed")
