@@ -40,6 +40,9 @@
 //! - [`metrics`]: error counts per kind, windowed rates, spike detection, bounded top error
 //!   patterns, latency percentiles and the tier distribution, as Prometheus text.
 //! - [`health`]: live, ready and deep-canary health checks, over HTTP with feature `http`.
+//! - [`stream`]: streamed answers ([`stream::TokenStream`]): the call resolves at the first
+//!   token, so retry and fallback act only before it; first-token and stall timeouts; the
+//!   breaker and metrics count a stream when it ends.
 //!
 //! [`stack::InferenceStack`] composes them in the order above, with one event sink and one
 //! primary tier name for every layer; composing them by hand with `ServiceBuilder` works as

@@ -46,7 +46,7 @@ pub struct EndpointBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Events(Events),
+    Events(Box<Events>),
 }
 
 struct Events {
@@ -144,11 +144,11 @@ impl Body for EndpointBody {
 pub fn sse_response(mut stream: TokenStream, format: impl SseFormat) -> Response<EndpointBody> {
     let provenance = std::mem::take(stream.provenance_mut());
     let mut res = Response::new(EndpointBody {
-        kind: Kind::Events(Events {
+        kind: Kind::Events(Box::new(Events {
             stream,
             format: Box::new(format),
             done: false,
-        }),
+        })),
     });
     *res.status_mut() = StatusCode::OK;
     let headers = res.headers_mut();
