@@ -290,11 +290,15 @@ async fn bad_requests_get_json_errors_that_say_what_to_fix() {
     let streaming = gw
         .post(
             "/v1/chat/completions",
-            &json!({"model": PRIMARY, "messages": [{"role": "user", "content": "hi"}], "stream": true}),
+            &json!({"model": PRIMARY, "messages": [{"role": "user", "content": "hi"}], "stream": true, "n": 2}),
         )
         .await;
-    assert_eq!(streaming.status(), 400);
-    assert!(streaming.body.contains("set `stream` to false"));
+    assert_eq!(streaming.status(), 400, "a stream has one choice");
+    assert!(
+        streaming.body.contains("set `n` to 1"),
+        "{}",
+        streaming.body
+    );
 
     let unknown = gw.get("/v2/everything").await;
     assert_eq!(unknown.status(), 404);

@@ -235,6 +235,24 @@ async fn a_pause_shorter_than_the_stall_timeout_is_not_cut() {
     assert_eq!((chunks, err.is_none()), (6, true));
 }
 
+#[tokio::test(start_paused = true)]
+async fn tower_timeout_bounds_the_wait_for_the_first_chunk_not_the_stream() {
+    let gpu = gpu("m");
+    let svc = ServiceBuilder::new()
+        .timeout(100 * MS)
+        .service(gpu.streaming());
+    // 20 tokens take 240 ms in all, past the timeout: the started stream is not cut.
+    let mut stream = svc.clone().oneshot(ask(20)).await.unwrap();
+    let (chunks, err) = drain(&mut stream).await;
+    assert_eq!((chunks, err.is_none()), (20, true));
+    gpu.handle()
+        .set_stream_fault(Some(StreamFault::NoFirstToken));
+    let started = Instant::now();
+    let err = svc.oneshot(ask(20)).await.unwrap_err();
+    assert!(err.is::<tower::timeout::error::Elapsed>());
+    assert_eq!(started.elapsed(), 100 * MS);
+}
+
 // ---- retry ------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
