@@ -441,36 +441,28 @@ where
         let post = req.method() == Method::POST;
         let get = req.method() == Method::GET;
         match req.uri().path() {
-            "/v1/chat/completions" if post => {
-                let (json, stream) = (self.chat.clone(), self.chat_stream.clone());
-                let limit = self.body_limit;
-                Box::pin(async move {
-                    let (parts, bytes) = read_body(req, limit).await?;
-                    if let Some(req) = streamed::<ChatCompletionRequest>(&bytes) {
-                        req.validate_streamed()?;
-                        let id = format!("chatcmpl-{}", next_id());
-                        let format = OpenAiSse::chat(id, req.model.clone(), req.token_budget());
-                        return Ok(sse_response(stream.oneshot(req).await?, format));
-                    }
-                    let res = json.oneshot(Request::from_parts(parts, Full::new(bytes)));
-                    Ok(res.await?.map(EndpointBody::from))
-                })
-            }
-            "/v1/completions" if post => {
-                let (json, stream) = (self.completions.clone(), self.completions_stream.clone());
-                let limit = self.body_limit;
-                Box::pin(async move {
-                    let (parts, bytes) = read_body(req, limit).await?;
-                    if let Some(req) = streamed::<CompletionRequest>(&bytes) {
-                        req.validate_streamed()?;
-                        let id = format!("cmpl-{}", next_id());
-                        let format = OpenAiSse::completion(id, req.model.clone(), req.max_tokens);
-                        return Ok(sse_response(stream.oneshot(req).await?, format));
-                    }
-                    let res = json.oneshot(Request::from_parts(parts, Full::new(bytes)));
-                    Ok(res.await?.map(EndpointBody::from))
-                })
-            }
+            "/v1/chat/completions" if post => inference(
+                self.chat.clone(),
+                self.chat_stream.clone(),
+                self.body_limit,
+                req,
+                |req: &ChatCompletionRequest| {
+                    req.validate_streamed()?;
+                    let id = format!("chatcmpl-{}", next_id());
+                    Ok(OpenAiSse::chat(id, req.model.clone(), req.token_budget()))
+                },
+            ),
+            "/v1/completions" if post => inference(
+                self.completions.clone(),
+                self.completions_stream.clone(),
+                self.body_limit,
+                req,
+                |req: &CompletionRequest| {
+                    req.validate_streamed()?;
+                    let id = format!("cmpl-{}", next_id());
+                    Ok(OpenAiSse::completion(id, req.model.clone(), req.max_tokens))
+                },
+            ),
             "/v1/chat/completions" | "/v1/completions" => {
                 refuse(RequestError::MethodNotAllowed { allow: "POST" })
             }
@@ -530,6 +522,33 @@ where
 
 fn refuse(err: RequestError) -> BoxFuture {
     Box::pin(async move { Err(err.into()) })
+}
+
+/// An inference route: server-sent events when the body asks for a stream (checked and
+/// formatted by `sse`), else the JSON endpoint.
+fn inference<J, Req>(
+    json: J,
+    stream: Streaming<Req>,
+    limit: usize,
+    req: Request<Incoming>,
+    sse: fn(&Req) -> Result<OpenAiSse, InferenceError>,
+) -> BoxFuture
+where
+    J: Service<Request<Full<Bytes>>, Response = Response<String>, Error = BoxError>
+        + Send
+        + 'static,
+    J::Future: Send + 'static,
+    Req: serde::de::DeserializeOwned + Send + 'static,
+{
+    Box::pin(async move {
+        let (parts, bytes) = read_body(req, limit).await?;
+        if let Some(req) = streamed::<Req>(&bytes) {
+            let format = sse(&req)?;
+            return Ok(sse_response(stream.oneshot(req).await?, format));
+        }
+        let res = json.oneshot(Request::from_parts(parts, Full::new(bytes)));
+        Ok(res.await?.map(EndpointBody::from))
+    })
 }
 
 /// A request to a streaming route whose body asks for a stream (`"stream": true`) and parses;

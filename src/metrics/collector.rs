@@ -120,7 +120,7 @@ fn kind_index(kind: ErrorKind) -> usize {
     ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 

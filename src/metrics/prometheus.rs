@@ -80,21 +80,30 @@ fn number(labels: Vec<(&'static str, String)>, value: f64) -> Series {
 }
 
 fn histogram(labels: Vec<(&'static str, String)>, l: &LatencySnapshot) -> Series {
+    let buckets = l.buckets.iter().map(|(bound, n)| (bound.as_secs_f64(), *n));
+    histogram_of(labels, buckets, l.sum.as_secs_f64(), l.count)
+}
+
+/// A histogram series from cumulative `buckets` (upper bound, count at most it).
+fn histogram_of(
+    labels: Vec<(&'static str, String)>,
+    buckets: impl Iterator<Item = (f64, u64)>,
+    sum: f64,
+    count: u64,
+) -> Series {
     let mut below = 0;
     Series {
         labels,
         value: Value::Histogram {
-            buckets: l
-                .buckets
-                .iter()
+            buckets: buckets
                 .map(|(bound, cumulative)| {
                     let n = cumulative - below;
-                    below = *cumulative;
-                    (bound.as_secs_f64(), n)
+                    below = cumulative;
+                    (bound, n)
                 })
                 .collect(),
-            sum: l.sum.as_secs_f64(),
-            count: l.count,
+            sum,
+            count,
         },
     }
 }
@@ -290,23 +299,12 @@ pub(crate) fn families(s: &MetricsSnapshot, prefix: &str) -> Vec<Family> {
     );
     series.extend(streaming.iter().map(|st| {
         let rates = &st.streams.tokens_per_second;
-        let mut below = 0;
-        Series {
-            labels: vec![stage(st)],
-            value: Value::Histogram {
-                buckets: rates
-                    .buckets
-                    .iter()
-                    .map(|(bound, cumulative)| {
-                        let n = cumulative - below;
-                        below = *cumulative;
-                        (*bound, n)
-                    })
-                    .collect(),
-                sum: rates.sum,
-                count: rates.count,
-            },
-        }
+        histogram_of(
+            vec![stage(st)],
+            rates.buckets.iter().copied(),
+            rates.sum,
+            rates.count,
+        )
     }));
     let series = f.family(
         "streams_ended",

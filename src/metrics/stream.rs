@@ -26,7 +26,7 @@ pub(crate) struct StreamStats {
 }
 
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+    super::collector::micros(d).max(1)
 }
 
 impl StreamStats {

@@ -4,12 +4,13 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use rand::Rng;
+use rand::rngs::SmallRng;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
@@ -388,42 +389,8 @@ impl Job {
 
     async fn execute(&self, queued: Gauge) -> Result<Completion, InferenceError> {
         let shared = &self.shared;
-        let _slot = shared
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| InferenceError::infrastructure())?;
-        drop(queued);
-        let _running = Gauge::enter(shared, |s| &s.in_flight);
-        shared
-            .reserve_memory(self.cost_mib)
-            .map_err(|(used_mib, available_mib)| {
-                shared.out_of_memory.fetch_add(1, Relaxed);
-                InferenceError::OutOfMemory {
-                    used_mib,
-                    available_mib,
-                }
-            })?;
-        let _memory = MemoryHold {
-            counter: &shared.memory_used_mib,
-            mib: self.cost_mib,
-        };
-        let mut rng = draw_rng(shared.config.seed, self.n);
-        if rng.random::<f64>() < shared.hang_rate() {
-            std::future::pending::<()>().await;
-        }
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-        if !shared.is_alive() {
-            return Err(InferenceError::infrastructure());
-        }
-        if rng.random::<f64>() < shared.failure_rate() {
-            return Err(InferenceError::ModelFailure {
-                failure: ModelFailure::NanOutput,
-            });
-        }
+        let (_held, mut rng) =
+            occupy(shared, queued, self.cost_mib, self.latency, self.n, false).await?;
         Ok(Completion {
             model: shared.name.clone(),
             text: generate_text(self.generated, &mut rng),
@@ -431,6 +398,68 @@ impl Job {
             provenance: Provenance::default(),
         })
     }
+}
+
+/// What an executing request holds: its slot, its place in the in-flight count and its
+/// device memory, all freed when it is dropped.
+pub(super) struct Held {
+    _slot: OwnedSemaphorePermit,
+    _running: Gauge,
+    _memory: Memory,
+}
+
+/// Waits for a slot and device memory, then computes for `latency`, drawing the request's
+/// faults (a hang, when drawn or when `hang` says so, never ends); what the request holds,
+/// and its generator for the answer's text.
+pub(super) async fn occupy(
+    shared: &Arc<Shared>,
+    queued: Gauge,
+    cost_mib: u64,
+    latency: Duration,
+    n: u64,
+    hang: bool,
+) -> Result<(Held, SmallRng), InferenceError> {
+    let slot = shared
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| InferenceError::infrastructure())?;
+    drop(queued);
+    let running = Gauge::enter(shared, |s| &s.in_flight);
+    shared
+        .reserve_memory(cost_mib)
+        .map_err(|(used_mib, available_mib)| {
+            shared.out_of_memory.fetch_add(1, Relaxed);
+            InferenceError::OutOfMemory {
+                used_mib,
+                available_mib,
+            }
+        })?;
+    let held = Held {
+        _slot: slot,
+        _running: running,
+        _memory: Memory {
+            shared: shared.clone(),
+            mib: cost_mib,
+        },
+    };
+    let mut rng = draw_rng(shared.config.seed, n);
+    if rng.random::<f64>() < shared.hang_rate() || hang {
+        std::future::pending::<()>().await;
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if !shared.is_alive() {
+        return Err(InferenceError::infrastructure());
+    }
+    if rng.random::<f64>() < shared.failure_rate() {
+        return Err(InferenceError::ModelFailure {
+            failure: ModelFailure::NanOutput,
+        });
+    }
+    Ok((held, rng))
 }
 
 /// Counts a request in a gauge (queued or in flight) for as long as it lives.
@@ -456,14 +485,14 @@ impl Drop for Gauge {
 }
 
 /// Device memory a request holds until it finishes or is dropped.
-struct MemoryHold<'a> {
-    counter: &'a AtomicU64,
+struct Memory {
+    shared: Arc<Shared>,
     mib: u64,
 }
 
-impl Drop for MemoryHold<'_> {
+impl Drop for Memory {
     fn drop(&mut self) {
-        self.counter.fetch_sub(self.mib, Relaxed);
+        self.shared.memory_used_mib.fetch_sub(self.mib, Relaxed);
     }
 }
 

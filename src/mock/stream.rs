@@ -9,17 +9,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use rand::Rng;
 use rand::rngs::SmallRng;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::gpu::{Gauge, MockGpu};
+use super::gpu::{Gauge, Held, MockGpu, occupy};
 use super::handle::Shared;
 use super::types::{InferenceRequest, word};
 use crate::error::{InferenceError, ModelFailure};
-use crate::rng::draw_rng;
 use crate::stream::{Chunk, TokenStream};
 
 /// A fault a stream meets, set with
@@ -142,42 +140,16 @@ struct Start {
 /// Waits for a slot and memory, computes the first token and hands the rest to a stream.
 async fn start(job: Start) -> Result<TokenStream, InferenceError> {
     let shared = job.shared;
-    let slot = shared
-        .slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| InferenceError::infrastructure())?;
-    drop(job.queued);
-    let running = Gauge::enter(&shared, |s| &s.in_flight);
-    shared
-        .reserve_memory(job.cost_mib)
-        .map_err(|(used_mib, available_mib)| {
-            shared.out_of_memory.fetch_add(1, Relaxed);
-            InferenceError::OutOfMemory {
-                used_mib,
-                available_mib,
-            }
-        })?;
-    let memory = Memory {
-        shared: shared.clone(),
-        mib: job.cost_mib,
-    };
-    let mut rng = draw_rng(shared.config.seed, job.n);
-    if job.fault == Some(StreamFault::NoFirstToken) || rng.random::<f64>() < shared.hang_rate() {
-        std::future::pending::<()>().await;
-    }
-    if !job.first_latency.is_zero() {
-        tokio::time::sleep(job.first_latency).await;
-    }
-    if !shared.is_alive() {
-        return Err(InferenceError::infrastructure());
-    }
-    if rng.random::<f64>() < shared.failure_rate() {
-        return Err(InferenceError::ModelFailure {
-            failure: ModelFailure::NanOutput,
-        });
-    }
+    let hang = job.fault == Some(StreamFault::NoFirstToken);
+    let (held, mut rng) = occupy(
+        &shared,
+        job.queued,
+        job.cost_mib,
+        job.first_latency,
+        job.n,
+        hang,
+    )
+    .await?;
     if job.tokens == 0 {
         shared.succeeded.fetch_add(1, Relaxed);
         return Ok(TokenStream::from_chunks([]));
@@ -193,21 +165,9 @@ async fn start(job: Start) -> Result<TokenStream, InferenceError> {
         fault: job.fault,
         paused: false,
         done: false,
-        held: Some((job.place, slot, running, memory)),
+        held: Some((job.place, held)),
     };
     Ok(TokenStream::started(first, rest))
-}
-
-/// Device memory a stream holds until it ends or is dropped.
-struct Memory {
-    shared: Arc<Shared>,
-    mib: u64,
-}
-
-impl Drop for Memory {
-    fn drop(&mut self) {
-        self.shared.memory_used_mib.fetch_sub(self.mib, Relaxed);
-    }
 }
 
 /// The tokens after the first.
@@ -224,7 +184,7 @@ struct Tokens {
     paused: bool,
     done: bool,
     /// The queue place, slot, in-flight count and memory, freed when the stream ends or goes.
-    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit, Gauge, Memory)>,
+    held: Option<(OwnedSemaphorePermit, Held)>,
 }
 
 impl Tokens {

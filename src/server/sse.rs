@@ -72,11 +72,16 @@ impl fmt::Debug for EndpointBody {
     }
 }
 
-fn event(json: &str) -> Frame<Bytes> {
-    let mut text = String::with_capacity(json.len() + 8);
+/// Appends one event holding `data` to `text`.
+fn push_event(text: &mut String, data: &str) {
     text.push_str("data: ");
-    text.push_str(json);
+    text.push_str(data);
     text.push_str("\n\n");
+}
+
+fn event(data: &str) -> Frame<Bytes> {
+    let mut text = String::with_capacity(data.len() + 8);
+    push_event(&mut text, data);
     Frame::data(Bytes::from(text))
 }
 
@@ -107,11 +112,9 @@ impl Body for EndpointBody {
                 events.done = true;
                 let mut text = String::new();
                 if let Some(json) = events.format.finish() {
-                    text.push_str("data: ");
-                    text.push_str(&json);
-                    text.push_str("\n\n");
+                    push_event(&mut text, &json);
                 }
-                text.push_str("data: [DONE]\n\n");
+                push_event(&mut text, "[DONE]");
                 Frame::data(Bytes::from(text))
             }
         };
