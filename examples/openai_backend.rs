@@ -221,14 +221,13 @@ where
             Ok(res) => {
                 let p = &res.provenance;
                 let upstream = p
-                    .upstream
-                    .as_ref()
+                    .upstream()
                     .map(|u| format!(" (upstream tier: {})", u.tier))
                     .unwrap_or_default();
                 *by_tier
                     .entry(format!("{} [{}]{upstream}", p.tier, p.quality))
                     .or_default() += 1;
-                for failure in &p.failed_tiers {
+                for failure in p.failed_tiers() {
                     *reasons
                         .entry(format!("{}={}", failure.tier, failure.kind))
                         .or_default() += 1;

@@ -176,7 +176,7 @@ async fn fallback_drill() {
             Ok(done) => {
                 let p = &done.provenance;
                 let age = p
-                    .cache_age
+                    .cache_age()
                     .map(|a| format!(", {} ms old", a.as_millis()))
                     .unwrap_or_default();
                 println!(

@@ -126,9 +126,9 @@ async fn main() {
                     entry.0 += 1;
                     entry.1 = p.quality.to_string();
                     *attempts.entry(p.attempts).or_default() += 1;
-                    if !p.failed_tiers.is_empty() {
+                    if !p.failed_tiers().is_empty() {
                         let why: Vec<_> = p
-                            .failed_tiers
+                            .failed_tiers()
                             .iter()
                             .map(|f| format!("{} {}", f.tier, f.kind))
                             .collect();

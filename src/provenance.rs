@@ -88,9 +88,36 @@ pub const PRIMARY_TIER: &str = "primary";
 /// Where an answer came from and what was done to get it.
 ///
 /// The default describes an answer from the primary model at full quality on the first
-/// attempt. Fields are public to read; layers change them through the methods, and new fields
+/// attempt. The fields every answer sets are public to read; the rarer facts (a cached
+/// answer's age, warnings, the tiers that failed, the upstream server's own provenance) are
+/// read through methods ([`cache_age`](Provenance::cache_age),
+/// [`warnings`](Provenance::warnings), [`failed_tiers`](Provenance::failed_tiers),
+/// [`upstream`](Provenance::upstream)). Layers change it through the setters, and new fields
 /// may be added (the struct is `#[non_exhaustive]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// It is kept small (88 bytes on 64-bit targets) because every layer moves the response it
+/// wraps: the rare facts live in one box, allocated only when one of them is set, so an
+/// answer served by the first tier at the first attempt never allocates for its provenance.
+/// Its JSON form has every field at the top level, as
+/// `{"tier", "quality", "fallback", "degraded", "attempts", "cache_age", "warnings",
+/// "failed_tiers"?, "upstream"?}`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_inference::{ErrorKind, Provenance, Quality, TierFailure};
+///
+/// let mut p = Provenance::default();
+/// assert!(p.warnings().is_empty() && p.failed_tiers().is_empty());
+/// p.set_tier("cache", Quality::Stale)
+///     .set_cache_age(Duration::from_secs(90))
+///     .set_failed_tiers(vec![TierFailure::new("llama-70b", ErrorKind::Timeout)])
+///     .warn("answered from the cache");
+/// assert_eq!(p.cache_age(), Some(Duration::from_secs(90)));
+/// assert_eq!(p.failed_tiers()[0].tier, "llama-70b");
+/// assert_eq!(p.warnings(), ["answered from the cache"]);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "Wire")]
 #[non_exhaustive]
 pub struct Provenance {
     /// The name of the tier that answered (default [`PRIMARY_TIER`]).
@@ -104,22 +131,17 @@ pub struct Provenance {
     pub degraded: Option<Cow<'static, str>>,
     /// Calls made to the backend for this answer, the first one included (at least 1).
     pub attempts: u32,
-    /// The age of a cached answer, when one was served.
-    pub cache_age: Option<Duration>,
-    /// Notes for the caller, e.g. "reduced max_tokens due to memory constraints".
-    pub warnings: Vec<Cow<'static, str>>,
-    /// Why the answer is a fallback: each tier that failed before the one that answered, in
-    /// the order tried, with the kind it failed with. Empty when the first tier answered (and
-    /// then never allocated); at most [`MAX_FAILED_TIERS`] entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_tiers: Vec<TierFailure>,
-    /// What the server behind this one said of the answer, when the answer came over HTTP
-    /// from another server that reports provenance (such as a gateway built with this
-    /// crate; the `client` feature reads it from the `x-inference-*` headers). The fields
-    /// above describe this hop; this one the hop behind it (one level: its own `upstream`
-    /// is not kept).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<Box<Provenance>>,
+    /// The rarer facts, boxed so the common answer stays small; `None` until one is set.
+    notes: Option<Box<Notes>>,
+}
+
+/// The facts most answers do not have.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Notes {
+    cache_age: Option<Duration>,
+    warnings: Vec<Cow<'static, str>>,
+    failed_tiers: Vec<TierFailure>,
+    upstream: Option<Provenance>,
 }
 
 /// The most failed tiers a [`Provenance`] lists; a longer chain's later failures are counted
@@ -134,15 +156,57 @@ impl Default for Provenance {
             fallback: false,
             degraded: None,
             attempts: 1,
-            cache_age: None,
-            warnings: Vec::new(),
-            failed_tiers: Vec::new(),
-            upstream: None,
+            notes: None,
         }
     }
 }
 
+impl PartialEq for Provenance {
+    fn eq(&self, other: &Self) -> bool {
+        self.tier == other.tier
+            && self.quality == other.quality
+            && self.fallback == other.fallback
+            && self.degraded == other.degraded
+            && self.attempts == other.attempts
+            && self.cache_age() == other.cache_age()
+            && self.warnings() == other.warnings()
+            && self.failed_tiers() == other.failed_tiers()
+            && self.upstream() == other.upstream()
+    }
+}
+
 impl Provenance {
+    /// The age of a cached answer, when one was served.
+    pub fn cache_age(&self) -> Option<Duration> {
+        self.notes.as_ref().and_then(|n| n.cache_age)
+    }
+
+    /// Notes for the caller, e.g. "reduced max_tokens due to memory constraints".
+    pub fn warnings(&self) -> &[Cow<'static, str>] {
+        self.notes.as_ref().map_or(&[], |n| &n.warnings)
+    }
+
+    /// Why the answer is a fallback: each tier that failed before the one that answered, in
+    /// the order tried, with the kind it failed with. Empty when the first tier answered; at
+    /// most [`MAX_FAILED_TIERS`] entries.
+    pub fn failed_tiers(&self) -> &[TierFailure] {
+        self.notes.as_ref().map_or(&[], |n| &n.failed_tiers)
+    }
+
+    /// What the server behind this one said of the answer, when the answer came over HTTP
+    /// from another server that reports provenance (such as a gateway built with this crate;
+    /// the `client` feature reads it from the `x-inference-*` headers). The other fields
+    /// describe this hop; this one the hop behind it (one level: its own `upstream` is not
+    /// kept).
+    pub fn upstream(&self) -> Option<&Provenance> {
+        self.notes.as_ref().and_then(|n| n.upstream.as_ref())
+    }
+
+    /// The rarer facts, boxed on first use.
+    fn notes_mut(&mut self) -> &mut Notes {
+        self.notes.get_or_insert_with(Box::default)
+    }
+
     /// Records that `tier` answered at `quality`; any tier other than [`PRIMARY_TIER`] marks
     /// the answer as a fallback.
     pub fn set_tier(&mut self, tier: impl Into<Cow<'static, str>>, quality: Quality) -> &mut Self {
@@ -173,7 +237,7 @@ impl Provenance {
 
     /// Records the age of a cached answer.
     pub fn set_cache_age(&mut self, age: Duration) -> &mut Self {
-        self.cache_age = Some(age);
+        self.notes_mut().cache_age = Some(age);
         self
     }
 
@@ -181,25 +245,106 @@ impl Provenance {
     /// up to [`MAX_FAILED_TIERS`]).
     pub fn set_failed_tiers(&mut self, mut failed: Vec<TierFailure>) -> &mut Self {
         failed.truncate(MAX_FAILED_TIERS);
-        self.failed_tiers = failed;
+        if !failed.is_empty() || self.notes.is_some() {
+            self.notes_mut().failed_tiers = failed;
+        }
         self
     }
 
     /// Records what the server behind this one said of the answer (its own `upstream` is
     /// dropped, so the chain stays one level deep).
     pub fn set_upstream(&mut self, mut upstream: Provenance) -> &mut Self {
-        upstream.upstream = None;
-        self.upstream = Some(Box::new(upstream));
+        if let Some(notes) = &mut upstream.notes {
+            notes.upstream = None;
+        }
+        self.notes_mut().upstream = Some(upstream);
         self
     }
 
     /// Adds a caller-facing warning, once: the same text is not repeated.
     pub fn warn(&mut self, warning: impl Into<Cow<'static, str>>) -> &mut Self {
         let warning = warning.into();
-        if !self.warnings.contains(&warning) {
-            self.warnings.push(warning);
+        let warnings = &mut self.notes_mut().warnings;
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
         }
         self
+    }
+}
+
+/// The JSON form: every fact at the top level.
+#[derive(Serialize)]
+struct WireRef<'a> {
+    tier: &'a Cow<'static, str>,
+    quality: &'a Quality,
+    fallback: bool,
+    degraded: &'a Option<Cow<'static, str>>,
+    attempts: u32,
+    cache_age: Option<Duration>,
+    warnings: &'a [Cow<'static, str>],
+    #[serde(skip_serializing_if = "<[TierFailure]>::is_empty")]
+    failed_tiers: &'a [TierFailure],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a Provenance>,
+}
+
+impl Serialize for Provenance {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireRef {
+            tier: &self.tier,
+            quality: &self.quality,
+            fallback: self.fallback,
+            degraded: &self.degraded,
+            attempts: self.attempts,
+            cache_age: self.cache_age(),
+            warnings: self.warnings(),
+            failed_tiers: self.failed_tiers(),
+            upstream: self.upstream(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The JSON form read back.
+#[derive(Deserialize)]
+#[serde(rename = "Provenance")]
+struct Wire {
+    tier: Cow<'static, str>,
+    quality: Quality,
+    fallback: bool,
+    degraded: Option<Cow<'static, str>>,
+    attempts: u32,
+    cache_age: Option<Duration>,
+    warnings: Vec<Cow<'static, str>>,
+    #[serde(default)]
+    failed_tiers: Vec<TierFailure>,
+    #[serde(default)]
+    upstream: Option<Box<Provenance>>,
+}
+
+impl From<Wire> for Provenance {
+    fn from(wire: Wire) -> Self {
+        let notes = Notes {
+            cache_age: wire.cache_age,
+            warnings: wire.warnings,
+            failed_tiers: wire.failed_tiers,
+            upstream: wire.upstream.map(|up| *up),
+        };
+        let mut p = Provenance {
+            tier: wire.tier,
+            quality: wire.quality,
+            fallback: wire.fallback,
+            degraded: wire.degraded,
+            attempts: wire.attempts,
+            notes: (notes != Notes::default()).then(|| Box::new(notes)),
+        };
+        // The chain stays one level deep, as `set_upstream` keeps it.
+        if let Some(up) = p.notes.as_mut().and_then(|n| n.upstream.as_mut())
+            && let Some(notes) = &mut up.notes
+        {
+            notes.upstream = None;
+        }
+        p
     }
 }
 

@@ -72,7 +72,7 @@
 //! let answer: Completion = svc.oneshot(InferenceRequest::new("hello").max_tokens(4)).await.unwrap();
 //! assert_eq!(answer.provenance.tier, "llama-8b");
 //! assert_eq!(answer.provenance.attempts, 4); // three on the primary, one on the lighter model
-//! assert_eq!(answer.provenance.failed_tiers[0].tier, "llama-70b");
+//! assert_eq!(answer.provenance.failed_tiers()[0].tier, "llama-70b");
 //! assert!(metrics.render_prometheus().contains(r#"stage="backend",tier="llama-70b""#));
 //! # }
 //! # #[cfg(not(feature = "mock"))]

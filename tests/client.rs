@@ -60,7 +60,7 @@ async fn sends_the_request_as_openai_sdks_do_and_reads_the_answer() {
     assert_eq!(res.usage.as_ref().unwrap().total_tokens, 5);
     // Unknown fields are kept, and no provenance headers means no upstream provenance.
     assert_eq!(res.extra["system_fingerprint"], "fp-1");
-    assert!(res.provenance.upstream.is_none());
+    assert!(res.provenance.upstream().is_none());
 
     let sent = &upstream.received()[0];
     assert_eq!(sent.method, "POST");
@@ -632,14 +632,14 @@ async fn upstream_provenance_headers_are_read_into_the_answer() {
         )])
     .await;
     let res = backend(&upstream).chat().oneshot(chat()).await.unwrap();
-    let up = res.provenance.upstream.as_deref().unwrap();
+    let up = res.provenance.upstream().unwrap();
     assert_eq!(up.tier, "cache");
     assert_eq!(up.quality, Quality::Stale);
     assert!(up.fallback);
     assert_eq!(up.attempts, 4);
-    assert_eq!(up.cache_age, Some(Duration::from_millis(1_500)));
-    assert_eq!(up.failed_tiers.len(), 2);
-    assert_eq!(up.failed_tiers[1].kind, ErrorKind::Timeout);
+    assert_eq!(up.cache_age(), Some(Duration::from_millis(1_500)));
+    assert_eq!(up.failed_tiers().len(), 2);
+    assert_eq!(up.failed_tiers()[1].kind, ErrorKind::Timeout);
     // This hop's own provenance is untouched.
     assert_eq!(res.provenance.tier, "primary");
 }

@@ -128,7 +128,7 @@ async fn degraded_answers_carry_a_warning() {
         send(&svc, GenerationParams::new(8))
             .await
             .provenance
-            .warnings
+            .warnings()
             .is_empty()
     );
     dial.set(0.8);
@@ -136,7 +136,7 @@ async fn degraded_answers_carry_a_warning() {
         send(&svc, GenerationParams::new(8))
             .await
             .provenance
-            .warnings,
+            .warnings(),
         [DEGRADED_WARNING]
     );
 }

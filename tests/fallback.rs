@@ -175,7 +175,7 @@ async fn drill_both_models_down_rules_then_warm_cache_then_static() {
         (&*cached.provenance.tier, &cached.provenance.quality),
         ("cache", &Quality::Stale)
     );
-    assert_eq!(cached.provenance.cache_age, Some(30 * SEC));
+    assert_eq!(cached.provenance.cache_age(), Some(30 * SEC));
     assert!(cached.provenance.fallback);
 
     let fallback = d.ask("never asked before").await;
@@ -491,7 +491,7 @@ async fn a_fallback_tiers_own_limit_moves_on_instead_of_blaming_the_caller() {
     assert_eq!(answer.provenance.tier, "static");
     let failed: Vec<_> = answer
         .provenance
-        .failed_tiers
+        .failed_tiers()
         .iter()
         .map(|f| (f.tier.as_ref(), f.kind))
         .collect();

@@ -153,7 +153,7 @@ async fn replica_b_serves_the_answer_replica_a_cached() {
         (&*stale.provenance.tier, &stale.provenance.quality),
         ("cache", &Quality::Stale)
     );
-    assert!(stale.provenance.cache_age.is_some());
+    assert!(stale.provenance.cache_age().is_some());
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tower_inference::{Annotate, PRIMARY_TIER, Provenance, Quality, Served};
+use tower_inference::{
+    Annotate, ErrorKind, PRIMARY_TIER, Provenance, Quality, Served, TierFailure,
+};
 
 #[test]
 fn default_is_primary_full_first_attempt() {
@@ -12,8 +14,8 @@ fn default_is_primary_full_first_attempt() {
     assert!(!p.fallback);
     assert_eq!(p.attempts, 1);
     assert_eq!(p.degraded, None);
-    assert_eq!(p.cache_age, None);
-    assert!(p.warnings.is_empty());
+    assert_eq!(p.cache_age(), None);
+    assert!(p.warnings().is_empty());
 }
 
 #[test]
@@ -31,11 +33,11 @@ fn served_carries_and_updates_provenance() {
     assert_eq!(p.tier, "cache");
     assert!(p.fallback);
     assert_eq!(p.quality, Quality::Stale);
-    assert_eq!(p.cache_age, Some(Duration::from_secs(90)));
+    assert_eq!(p.cache_age(), Some(Duration::from_secs(90)));
     assert_eq!(p.attempts, 3);
     assert_eq!(p.degraded.as_deref(), Some("reduced"));
     assert_eq!(
-        p.warnings,
+        p.warnings(),
         ["served from cache"],
         "a warning is recorded once"
     );
@@ -85,6 +87,71 @@ fn provenance_serializes() {
     assert_eq!(json["fallback"], true);
     let back: Provenance = serde_json::from_value(json).unwrap();
     assert_eq!(back, p);
+}
+
+/// The JSON form keeps every fact at the top level, whether it is set or not, and reads
+/// back equal.
+#[test]
+fn provenance_json_has_every_fact_at_the_top_level() {
+    let plain = serde_json::to_value(Provenance::default()).unwrap();
+    assert_eq!(
+        plain,
+        serde_json::json!({
+            "tier": "primary", "quality": "full", "fallback": false, "degraded": null,
+            "attempts": 1, "cache_age": null, "warnings": [],
+        })
+    );
+
+    let mut up = Provenance::default();
+    up.set_tier("cache", Quality::Stale)
+        .set_cache_age(Duration::from_millis(1_500));
+    let mut p = Provenance::default();
+    p.set_tier("llama-8b", Quality::Reduced)
+        .set_attempts(4)
+        .set_degraded("reduced")
+        .set_failed_tiers(vec![TierFailure::new("llama-70b", ErrorKind::Timeout)])
+        .warn("answered by a lighter model")
+        .set_upstream(up.clone());
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["attempts"], 4);
+    assert_eq!(json["degraded"], "reduced");
+    assert_eq!(json["warnings"][0], "answered by a lighter model");
+    assert_eq!(json["failed_tiers"][0]["tier"], "llama-70b");
+    assert_eq!(json["failed_tiers"][0]["kind"], "timeout");
+    assert_eq!(json["upstream"]["tier"], "cache");
+    assert_eq!(
+        json["upstream"]["cache_age"],
+        serde_json::json!({"secs": 1, "nanos": 500_000_000})
+    );
+    let back: Provenance = serde_json::from_value(json).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(back.upstream(), Some(&up));
+}
+
+/// Setting an empty list of failed tiers leaves the provenance as it was: equal to the
+/// default, and serialized without the field.
+#[test]
+fn no_failed_tiers_is_the_default() {
+    let mut p = Provenance::default();
+    p.set_failed_tiers(Vec::new());
+    assert_eq!(p, Provenance::default());
+    assert!(
+        serde_json::to_value(&p)
+            .unwrap()
+            .get("failed_tiers")
+            .is_none()
+    );
+}
+
+/// Every layer moves the response it wraps, so the provenance stays small: its rarer facts
+/// live in one box.
+#[test]
+fn provenance_stays_small() {
+    assert!(
+        std::mem::size_of::<Provenance>() <= 88,
+        "Provenance grew to {} bytes",
+        std::mem::size_of::<Provenance>()
+    );
 }
 
 #[cfg(feature = "http")]

@@ -417,7 +417,7 @@ mod with_mock_gpu {
         assert_eq!(answer.tokens, 50);
         let p = answer.provenance().unwrap();
         assert_eq!(p.attempts, 2);
-        assert_eq!(p.warnings, [OOM_WARNING]);
+        assert_eq!(p.warnings(), [OOM_WARNING]);
         assert_eq!(handle.stats().calls, 2);
     }
 

@@ -250,7 +250,7 @@ async fn provenance_tells_attempts_and_why_it_fell_back() {
     let first = rig.svc.clone().oneshot(request("first")).await.unwrap();
     assert_eq!(first.provenance.tier, "llama-70b");
     assert_eq!(first.provenance.attempts, 1);
-    assert!(first.provenance.failed_tiers.is_empty());
+    assert!(first.provenance.failed_tiers().is_empty());
     assert!(!first.provenance.fallback);
 
     rig.primary.kill();
@@ -261,7 +261,7 @@ async fn provenance_tells_attempts_and_why_it_fell_back() {
     // Three calls to the dead primary, then one to the lighter model.
     assert_eq!(answer.provenance.attempts, 4);
     assert_eq!(
-        answer.provenance.failed_tiers,
+        answer.provenance.failed_tiers(),
         vec![TierFailure::new("llama-70b", ErrorKind::Infrastructure)]
     );
 
@@ -272,7 +272,7 @@ async fn provenance_tells_attempts_and_why_it_fell_back() {
     assert_eq!(cached.text, first.text);
     let failed: Vec<_> = cached
         .provenance
-        .failed_tiers
+        .failed_tiers()
         .iter()
         .map(|f| f.tier.as_ref())
         .collect();
@@ -291,7 +291,7 @@ async fn an_open_breaker_costs_no_backend_call() {
     // Only the lighter model was called.
     assert_eq!(answer.provenance.attempts, 1);
     assert_eq!(
-        answer.provenance.failed_tiers,
+        answer.provenance.failed_tiers(),
         vec![TierFailure::new("llama-70b", ErrorKind::CircuitOpen)]
     );
 }

@@ -354,8 +354,8 @@ async fn a_primary_with_no_first_token_falls_back_within_the_first_token_timeout
         (provenance.tier.as_ref(), provenance.fallback),
         ("llama-8b", true)
     );
-    assert_eq!(provenance.failed_tiers[0].tier, "llama-70b");
-    assert_eq!(provenance.failed_tiers[0].kind, ErrorKind::Timeout);
+    assert_eq!(provenance.failed_tiers()[0].tier, "llama-70b");
+    assert_eq!(provenance.failed_tiers()[0].kind, ErrorKind::Timeout);
     assert_eq!(stream.text().await.unwrap().split_whitespace().count(), 4);
 }
 

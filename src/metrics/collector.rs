@@ -202,7 +202,7 @@ impl Stage {
                 if matches!(p.quality, Quality::Full | Quality::Reduced) {
                     self.full_or_reduced.add(index);
                 }
-                if let Some(age) = p.cache_age {
+                if let Some(age) = p.cache_age() {
                     self.cache_age
                         .store(self::micros(age).min(NO_AGE - 1), Relaxed);
                 }

@@ -84,7 +84,7 @@ const UPSTREAM: Names = Names {
 /// ```
 pub fn write_provenance(provenance: &Provenance, headers: &mut HeaderMap) {
     write_hop(provenance, &HOP, headers);
-    if let Some(upstream) = &provenance.upstream {
+    if let Some(upstream) = provenance.upstream() {
         write_hop(upstream, &UPSTREAM, headers);
     }
 }
@@ -105,12 +105,12 @@ fn write_hop(provenance: &Provenance, names: &Names, headers: &mut HeaderMap) {
     if let Some(level) = &provenance.degraded {
         put(names.degraded, level);
     }
-    if let Some(age) = provenance.cache_age {
+    if let Some(age) = provenance.cache_age() {
         put(names.cache_age_ms, &age.as_millis().to_string());
     }
-    if !provenance.failed_tiers.is_empty() {
+    if !provenance.failed_tiers().is_empty() {
         let mut reasons = String::new();
-        for (i, failure) in provenance.failed_tiers.iter().enumerate() {
+        for (i, failure) in provenance.failed_tiers().iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(reasons, "{sep}{}={}", failure.tier, failure.kind.code());
         }
@@ -137,7 +137,7 @@ fn write_hop(provenance: &Provenance, names: &Names, headers: &mut HeaderMap) {
 /// assert_eq!(provenance.tier, "cache");
 /// assert_eq!(provenance.quality, Quality::Stale);
 /// assert_eq!(provenance.attempts, 4);
-/// assert_eq!(provenance.failed_tiers[0].tier, "llama-70b");
+/// assert_eq!(provenance.failed_tiers()[0].tier, "llama-70b");
 /// ```
 pub fn read_provenance(headers: &HeaderMap) -> Option<Provenance> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
