@@ -9,6 +9,10 @@
 //! counted with a counting global allocator (`stats_alloc`) over 10 000 calls on a thread of
 //! its own (as the timed calls run), after a warm-up, and printed.
 //!
+//! A second harness checks the figures that matter most (bare, whole stack, the peer): one
+//! and two tasks spawned on a single two-worker multi-thread runtime, as a hyper or axum
+//! server runs them, each calling its own clone (`stack_success/{1,2}_task_2_workers`).
+//!
 //! Run with `cargo bench --bench stack --all-features`.
 
 mod common;
@@ -16,7 +20,7 @@ mod common;
 use std::future::{Ready, ready};
 use std::time::Duration;
 
-use common::{Threads, per_call_with};
+use common::{Threads, per_call_on_workers, per_call_with};
 use criterion::{Criterion, criterion_group, criterion_main};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service, ServiceExt};
@@ -164,6 +168,23 @@ fn stack(c: &mut Criterion) {
         contestant!("metrics", metrics_alone);
         contestant!("whole_stack", whole);
         contestant!("bare_tower_timeout", bare_timeout);
+        contestant!("whole_stack_tower_timeout", whole_timeout);
+        contestant!("tower_resilience_0_13_retry_cb", resilience);
+        group.finish();
+    }
+
+    // The second harness: tasks on one two-worker multi-thread runtime, as a server runs.
+    for tasks in [1, 2] {
+        let mut group = c.benchmark_group(format!("stack_success/{tasks}_task_2_workers"));
+        macro_rules! contestant {
+            ($name:literal, $svc:expr) => {
+                group.bench_function($name, |b| {
+                    b.iter_custom(|n| per_call_on_workers(&$svc, tasks, n, request))
+                });
+            };
+        }
+        contestant!("bare", bare());
+        contestant!("whole_stack", whole);
         contestant!("whole_stack_tower_timeout", whole_timeout);
         contestant!("tower_resilience_0_13_retry_cb", resilience);
         group.finish();

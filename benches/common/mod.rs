@@ -95,3 +95,49 @@ where
     }
     start.elapsed()
 }
+
+/// The second harness: `tasks` tasks spawned on one multi-thread runtime with two workers (as
+/// a hyper or axum server runs), each calling its own clone of `svc` `iters` times after all
+/// have started; returns the longest task's time, i.e. the time per call one task sees,
+/// times `iters`. It checks figures of [`per_call_with`], whose threads each run a
+/// current-thread runtime.
+pub fn per_call_on_workers<S, Req: 'static>(
+    svc: &S,
+    tasks: usize,
+    iters: u64,
+    request: fn(u64) -> Req,
+) -> Duration
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
+    let start = Arc::new(tokio::sync::Barrier::new(tasks));
+    runtime.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let began = Instant::now();
+                    for i in 0..iters {
+                        let ready = svc.ready().await.expect("ready");
+                        std::hint::black_box(ready.call(request(i)).await.is_ok());
+                    }
+                    began.elapsed()
+                })
+            })
+            .collect();
+        let mut longest = Duration::ZERO;
+        for handle in handles {
+            longest = longest.max(handle.await.expect("a benchmark task"));
+        }
+        longest
+    })
+}
