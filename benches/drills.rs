@@ -1,9 +1,10 @@
 //! Load drills on real time: every scenario of `benches/drill/mod.rs` for the bare service,
-//! this crate's stack and tower-resilience's composition, one after another in one run.
+//! this crate's stack (with and without its degrade layer stepping down) and
+//! tower-resilience's composition, one after another in one run.
 //!
 //! Run with `cargo bench --bench drills --features mock` (add `--features mock,redis` for the
 //! Redis drill, which starts a `redis-server` of its own). `DRILL_SECONDS` sets each run's
-//! length (default 10). Prints the table of `BENCHMARKS.md` and writes it, with the plot of
+//! length (default 10); `DRILL_SCENARIO` runs only the scenarios whose name contains it. Prints the table of `BENCHMARKS.md` and writes it, with the plot of
 //! the outage drill, to `target/drills/` (`table.md`, `outage.svg`; under `CARGO_TARGET_DIR`
 //! when it is set).
 
@@ -34,6 +35,10 @@ fn main() {
     let mut scenarios = Scenario::all(duration);
     #[cfg(feature = "redis")]
     scenarios.push(Scenario::redis(duration));
+    // `DRILL_SCENARIO` keeps the scenarios whose name contains it (e.g. "outage").
+    if let Ok(only) = std::env::var("DRILL_SCENARIO") {
+        scenarios.retain(|s| s.name.contains(only.as_str()));
+    }
 
     // Cargo's target directory (`CARGO_TARGET_DIR` when set), as the rest of the build.
     let out = std::env::var_os("CARGO_TARGET_DIR")
@@ -50,27 +55,26 @@ fn main() {
             eprintln!("drill: {} / {}", scenario.name, contestant.label());
             let report = runtime.block_on(drill::run(*scenario, contestant, Options::default()));
             row(&mut table, scenario, contestant, &report.figures());
-            if scenario.name == "outage 30%" {
+            if scenario.name == "outage 30%" && contestant != Contestant::OursNoDegrade {
                 outage.push(report);
             }
         }
     }
     print!("{table}");
     std::fs::write(out.join("table.md"), &table).expect("target/drills/table.md");
-    let svg = out.join("outage.svg");
-    plot(&outage, &svg).expect("the outage plot");
-    eprintln!(
-        "wrote {} and {}",
-        out.join("table.md").display(),
-        svg.display()
-    );
+    eprintln!("wrote {}", out.join("table.md").display());
+    if !outage.is_empty() {
+        let svg = out.join("outage.svg");
+        plot(&outage, &svg).expect("the outage plot");
+        eprintln!("wrote {}", svg.display());
+    }
 }
 
 fn header(duration: Duration) -> String {
     format!(
         "Primary capacity {:.0} requests/s at full size; each run {} s.\n\n\
-         | scenario | contestant | answered | tier 1 | tier 1+2 | cache / static | degraded | goodput (answers/s) | tier-1 p50 | tier-1 p99 | primary attempts / request | GPU calls / answer | OOM | first tier-1 after revive | tier 1 ≥ 90 % after revive |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | scenario | contestant | answered | tier 1 | tier 1+2 | cache / static | degraded | tier-1 answer length | goodput (answers/s) | tier-1 p50 | tier-1 p99 | primary attempts / request | GPU calls / answer | OOM | first tier-1 after revive | tier 1 ≥ 90 % after revive |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         drill::primary_capacity(),
         duration.as_secs()
     )
@@ -86,7 +90,7 @@ fn row(table: &mut String, scenario: &Scenario, contestant: Contestant, f: &Figu
     };
     writeln!(
         table,
-        "| {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} | {} |",
         scenario.name,
         contestant.label(),
         pct(f.answered),
@@ -95,6 +99,7 @@ fn row(table: &mut String, scenario: &Scenario, contestant: Contestant, f: &Figu
         pct(f.cache),
         pct(f.static_default),
         pct(f.degraded),
+        pct(f.tier1_length),
         f.goodput,
         ms(f.tier1_p50),
         ms(f.tier1_p99),

@@ -65,6 +65,37 @@ async fn tier1_serves_90_percent_under_150_ms_where_capacity_allows() {
     }
 }
 
+/// Degrading trades answer length for capacity, so it happens only when capacity runs
+/// short: at half load every answer is full size, at full load the primary's answers keep
+/// most of their length.
+#[tokio::test(start_paused = true)]
+async fn answers_are_as_long_as_capacity_allows() {
+    let (scenario, report) = drill("steady 0.5x", Options::default()).await;
+    let f = report.figures();
+    assert_eq!(f.degraded, 0.0, "{}", show(&scenario, &f));
+    assert_eq!(f.tier1_length, 1.0, "{}", show(&scenario, &f));
+
+    let (scenario, report) = drill("steady 1x", Options::default()).await;
+    let f = report.figures();
+    assert!(f.tier1_length >= 0.85, "{}", show(&scenario, &f));
+}
+
+/// Without the degrade layer stepping down, twice the primary's capacity leaves it half the
+/// answers; with it, nine in ten.
+#[tokio::test(start_paused = true)]
+async fn the_drills_catch_a_stack_without_degrade() {
+    let full_size = Options {
+        degrade: false,
+        ..Options::default()
+    };
+    let (scenario, report) = drill("steady 2x", full_size).await;
+    let f = report.figures();
+    let why = show(&scenario, &f);
+    assert_eq!(f.degraded, 0.0, "{why}");
+    assert_eq!(f.tier1_length, 1.0, "{why}");
+    assert!(f.tier1 < 0.6, "{why}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn under_load_requests_are_degraded_and_the_primary_stays_busy() {
     let (scenario, report) = drill("steady 4x", Options::default()).await;

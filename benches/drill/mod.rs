@@ -1,5 +1,5 @@
 //! Load drills: open-loop traffic into a GPU-backed service through load, outage, brownout,
-//! memory pressure and flaky failures, for three contestants.
+//! memory pressure and flaky failures, for four contestants.
 //!
 //! Shared by the real-time benchmark (`benches/drills.rs`, which publishes the table in
 //! `BENCHMARKS.md`) and the paused-time SLA tests (`tests/drills.rs`). Everything here reads
@@ -16,7 +16,8 @@
 //!   4.6 GiB on the primary at full size and so never fits there.
 //! - **Contestants**: the bare service behind tower's timeout; this crate's `InferenceStack`
 //!   (metrics, fallback to the light model, the cache and a static answer, degrade, retry
-//!   with a budget, breaker, timeout); and the strongest composition of `tower-resilience`
+//!   with a budget, breaker, timeout); the same stack with its degrade layer held at full
+//!   size (so it sends what the peer sends); and the strongest composition of `tower-resilience`
 //!   0.13 (fallback to the light model then a static answer, retry with a token-bucket budget,
 //!   circuit breaker, tower's timeout), given this crate's classification to decide what to
 //!   retry and what the breaker counts.
@@ -34,7 +35,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
 use tower_inference::classify::ClassifyError;
-use tower_inference::degrade::DegradeLayer;
+use tower_inference::degrade::{DegradeLayer, Level};
 use tower_inference::fallback::{CacheStore, FallbackLayer, MemoryStore};
 use tower_inference::metrics::ErrorMetrics;
 use tower_inference::mock::{
@@ -100,17 +101,31 @@ pub enum Contestant {
     Bare,
     /// This crate's `InferenceStack`.
     Ours,
+    /// The same stack without its degrade layer: every request at full size, as the peer
+    /// sends them, for a like-for-like comparison.
+    OursNoDegrade,
     /// tower-resilience 0.13: fallback, retry with a budget, circuit breaker, tower's timeout.
     Peer,
 }
 
 impl Contestant {
-    pub const ALL: [Contestant; 3] = [Contestant::Bare, Contestant::Ours, Contestant::Peer];
+    pub const ALL: [Contestant; 4] = [
+        Contestant::Bare,
+        Contestant::Ours,
+        Contestant::OursNoDegrade,
+        Contestant::Peer,
+    ];
+
+    /// Whether it is this crate's stack, which names the answering tier in the provenance.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Contestant::Ours | Contestant::OursNoDegrade)
+    }
 
     pub fn label(self) -> &'static str {
         match self {
             Contestant::Bare => "bare + timeout",
             Contestant::Ours => "tower-inference",
+            Contestant::OursNoDegrade => "tower-inference, no degrade",
             Contestant::Peer => "tower-resilience",
         }
     }
@@ -210,6 +225,7 @@ impl Scenario {
 pub struct Options {
     pub fallback: bool,
     pub budget: bool,
+    pub degrade: bool,
 }
 
 impl Default for Options {
@@ -217,6 +233,7 @@ impl Default for Options {
         Options {
             fallback: true,
             budget: true,
+            degrade: true,
         }
     }
 }
@@ -254,11 +271,16 @@ impl Fleet {
     }
 }
 
+/// The primary's slots (requests computed at once).
+pub const PRIMARY_SLOTS: usize = 16;
+/// The primary's places in all: its slots and its queue.
+pub const PRIMARY_PLACES: usize = PRIMARY_SLOTS + 32;
+
 fn primary_builder() -> tower_inference::mock::MockGpuBuilder {
     MockGpu::builder()
         .name("llama-70b")
-        .slots(16)
-        .queue_capacity(32)
+        .slots(PRIMARY_SLOTS)
+        .queue_capacity(PRIMARY_PLACES - PRIMARY_SLOTS)
         .base_latency(Duration::from_millis(10))
         .per_token_latency(Duration::from_micros(500))
         .memory_capacity_mib(24_576)
@@ -270,7 +292,7 @@ fn primary_builder() -> tower_inference::mock::MockGpuBuilder {
 pub fn primary_capacity() -> f64 {
     let probe = primary_builder().build();
     let latency = probe.latency(&InferenceRequest::new("question 1").max_tokens(MAX_TOKENS));
-    16.0 / latency.as_secs_f64()
+    PRIMARY_SLOTS as f64 / latency.as_secs_f64()
 }
 
 /// What happened to one request.
@@ -291,6 +313,8 @@ pub struct Record {
     pub degraded: Option<String>,
     /// Backend attempts the answer reports (our stack only).
     pub attempts: Option<u32>,
+    /// Tokens in the answer (the request asks for `MAX_TOKENS`; degrading asks for fewer).
+    pub tokens: u32,
     /// Whether it asked for an image (the memory-pressure drill's oversized requests).
     pub image: bool,
 }
@@ -331,6 +355,8 @@ pub struct Figures {
     pub tier1_back: Option<Duration>,
     /// The share of requests served at a degrade level below full (our stack only).
     pub degraded: f64,
+    /// Tokens in the tier-1 answers, as a share of the tokens asked for.
+    pub tier1_length: f64,
 }
 
 impl Report {
@@ -374,6 +400,14 @@ impl Report {
             first_tier1,
             tier1_back,
             degraded: count(&|r| r.degraded.is_some()) as f64 / n,
+            tier1_length: {
+                let (answers, tokens) = self
+                    .records
+                    .iter()
+                    .filter(|r| r.tier == Some(Tier::Primary))
+                    .fold((0u64, 0u64), |(n, t), r| (n + 1, t + u64::from(r.tokens)));
+                tokens as f64 / (answers.max(1) * u64::from(MAX_TOKENS)) as f64
+            },
         }
     }
 
@@ -457,12 +491,21 @@ where
 {
     let (duration, seed) = (scenario.duration, scenario.seed);
     let gpu = fleet.gpu.clone();
+    // The load is the share of the primary's places in use: its 16 slots and its 32 queue
+    // places. The default levels then step down only once requests queue in earnest (from 34
+    // places in use), and back up after a quarter second below the threshold.
     let degrade = DegradeLayer::builder()
         .probe(Duration::from_millis(20), move || {
             let s = gpu.stats();
-            (s.in_flight + s.queued) as f64 / 24.0
+            (s.in_flight + s.queued) as f64 / PRIMARY_PLACES as f64
         })
         .hysteresis(0.1, duration / 20);
+    // Without degrading: one level, full, so every request goes out at full size.
+    let degrade = if options.degrade {
+        degrade
+    } else {
+        degrade.levels([Level::new("full", 0.0, 1.0, 1.0)])
+    };
     let mut retry = RetryLayer::builder()
         .max_attempts(3)
         .backoff(
@@ -608,18 +651,25 @@ pub async fn run(scenario: Scenario, contestant: Contestant, options: Options) -
     let svc = match contestant {
         Contestant::Bare => bare(&fleet),
         Contestant::Peer => peer(&fleet, rate, scenario.duration),
-        Contestant::Ours => match scenario.fault {
-            #[cfg(feature = "redis")]
-            Fault::RedisOutage => {
-                let server = redis::Server::start().await;
-                let store = tower_inference::fallback::RedisStore::connect(&server.url, "drill")
-                    .await
-                    .expect("a connection to the drill's redis-server");
-                redis = Some(server);
-                ours(&fleet, options, store, &scenario)
+        Contestant::Ours | Contestant::OursNoDegrade => {
+            let options = Options {
+                degrade: options.degrade && contestant == Contestant::Ours,
+                ..options
+            };
+            match scenario.fault {
+                #[cfg(feature = "redis")]
+                Fault::RedisOutage => {
+                    let server = redis::Server::start().await;
+                    let store =
+                        tower_inference::fallback::RedisStore::connect(&server.url, "drill")
+                            .await
+                            .expect("a connection to the drill's redis-server");
+                    redis = Some(server);
+                    ours(&fleet, options, store, &scenario)
+                }
+                _ => ours(&fleet, options, MemoryStore::new(10_000), &scenario),
             }
-            _ => ours(&fleet, options, MemoryStore::new(10_000), &scenario),
-        },
+        }
     };
     // The primary loads its weights before traffic starts.
     tokio::time::sleep(load_time).await;
@@ -686,9 +736,10 @@ fn record(
             let p = &done.provenance;
             // Our stack names the tier in the provenance; the others only say which model
             // made the answer.
-            let tier = match contestant {
-                Contestant::Ours => Tier::of(&p.tier),
-                _ => Tier::of(&done.model),
+            let tier = if contestant.is_ours() {
+                Tier::of(&p.tier)
+            } else {
+                Tier::of(&done.model)
             };
             Record {
                 arrival,
@@ -701,7 +752,8 @@ fn record(
                     .as_deref()
                     .filter(|&l| l != "full")
                     .map(str::to_owned),
-                attempts: (contestant == Contestant::Ours).then_some(p.attempts),
+                attempts: contestant.is_ours().then_some(p.attempts),
+                tokens: done.tokens,
                 image: false,
             }
         }
@@ -713,6 +765,7 @@ fn record(
             quality: Quality::Minimal,
             degraded: None,
             attempts: None,
+            tokens: 0,
             image: false,
         },
     }
