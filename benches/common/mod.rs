@@ -80,10 +80,7 @@ where
             std::thread::spawn(move || {
                 runtime().block_on(async {
                     barrier.wait();
-                    for i in 0..iters {
-                        let ready = svc.ready().await.expect("ready");
-                        std::hint::black_box(ready.call(request(i)).await.is_ok());
-                    }
+                    calls(&mut svc, iters, request).await;
                 });
             })
         })
@@ -126,10 +123,7 @@ where
                 tokio::spawn(async move {
                     start.wait().await;
                     let began = Instant::now();
-                    for i in 0..iters {
-                        let ready = svc.ready().await.expect("ready");
-                        std::hint::black_box(ready.call(request(i)).await.is_ok());
-                    }
+                    calls(&mut svc, iters, request).await;
                     began.elapsed()
                 })
             })
@@ -140,4 +134,16 @@ where
         }
         longest
     })
+}
+
+/// Makes `iters` calls in a row, each once the service is ready, as both harnesses time them.
+async fn calls<S, Req>(svc: &mut S, iters: u64, request: fn(u64) -> Req)
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..iters {
+        let ready = svc.ready().await.expect("ready");
+        std::hint::black_box(ready.call(request(i)).await.is_ok());
+    }
 }
