@@ -113,6 +113,9 @@ impl<Req, Res, E, C> fmt::Debug for FallbackBuilder<Req, Res, E, C> {
 
 impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
     /// Names the wrapped service's tier (default [`PRIMARY_TIER`]).
+    ///
+    /// The name is copied into every answer's provenance: a `&'static str` costs nothing,
+    /// an owned `String` one allocation per call.
     pub fn primary(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.primary = name.into();
         self
