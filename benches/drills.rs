@@ -4,8 +4,9 @@
 //!
 //! Run with `cargo bench --bench drills --features mock` (add `--features mock,redis` for the
 //! Redis drill, which starts a `redis-server` of its own). `DRILL_SECONDS` sets each run's
-//! length (default 10); `DRILL_SCENARIO` runs only the scenarios whose name contains it. Prints the table of `BENCHMARKS.md` and writes it, with the plot of
-//! the outage drill, to `target/drills/` (`table.md`, `outage.svg`; under `CARGO_TARGET_DIR`
+//! length (default 10); `DRILL_SCENARIO` runs only the scenarios whose name contains it.
+//! Prints the table of `BENCHMARKS.md` and writes it, with the plot of the outage drill
+//! (when it ran), to `target/drills/` (`table.md`, `outage.svg`; under `CARGO_TARGET_DIR`
 //! when it is set).
 
 mod drill;

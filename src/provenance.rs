@@ -253,11 +253,16 @@ impl Provenance {
 
     /// Records what the server behind this one said of the answer (its own `upstream` is
     /// dropped, so the chain stays one level deep).
-    pub fn set_upstream(&mut self, mut upstream: Provenance) -> &mut Self {
-        if let Some(notes) = &mut upstream.notes {
+    pub fn set_upstream(&mut self, upstream: Provenance) -> &mut Self {
+        self.notes_mut().upstream = Some(upstream.without_upstream());
+        self
+    }
+
+    /// This hop alone, its own `upstream` dropped.
+    fn without_upstream(mut self) -> Self {
+        if let Some(notes) = &mut self.notes {
             notes.upstream = None;
         }
-        self.notes_mut().upstream = Some(upstream);
         self
     }
 
@@ -328,23 +333,17 @@ impl From<Wire> for Provenance {
             cache_age: wire.cache_age,
             warnings: wire.warnings,
             failed_tiers: wire.failed_tiers,
-            upstream: wire.upstream.map(|up| *up),
+            // The chain stays one level deep, as `set_upstream` keeps it.
+            upstream: wire.upstream.map(|up| up.without_upstream()),
         };
-        let mut p = Provenance {
+        Provenance {
             tier: wire.tier,
             quality: wire.quality,
             fallback: wire.fallback,
             degraded: wire.degraded,
             attempts: wire.attempts,
             notes: (notes != Notes::default()).then(|| Box::new(notes)),
-        };
-        // The chain stays one level deep, as `set_upstream` keeps it.
-        if let Some(up) = p.notes.as_mut().and_then(|n| n.upstream.as_mut())
-            && let Some(notes) = &mut up.notes
-        {
-            notes.upstream = None;
         }
-        p
     }
 }
 

@@ -17,8 +17,8 @@
 //! - **Contestants**: the bare service behind tower's timeout; this crate's `InferenceStack`
 //!   (metrics, fallback to the light model, the cache and a static answer, degrade, retry
 //!   with a budget, breaker, timeout); the same stack with its degrade layer held at full
-//!   size (so it sends what the peer sends); and the strongest composition of `tower-resilience`
-//!   0.13 (fallback to the light model then a static answer, retry with a token-bucket budget,
+//!   size (so it sends what the peer sends); and the strongest composition of
+//!   `tower-resilience` 0.13 (fallback to the light model then a static answer, retry with a token-bucket budget,
 //!   circuit breaker, tower's timeout), given this crate's classification to decide what to
 //!   retry and what the breaker counts.
 #![allow(dead_code)]
@@ -101,8 +101,8 @@ pub enum Contestant {
     Bare,
     /// This crate's `InferenceStack`.
     Ours,
-    /// The same stack without its degrade layer: every request at full size, as the peer
-    /// sends them, for a like-for-like comparison.
+    /// The same stack with its degrade layer held at full size (one level, `full`): every
+    /// request goes out as asked, as the peer sends them, for a like-for-like comparison.
     OursNoDegrade,
     /// tower-resilience 0.13: fallback, retry with a budget, circuit breaker, tower's timeout.
     Peer,
@@ -493,7 +493,7 @@ where
     let gpu = fleet.gpu.clone();
     // The load is the share of the primary's places in use: its 16 slots and its 32 queue
     // places. The default levels then step down only once requests queue in earnest (from 34
-    // places in use), and back up after a quarter second below the threshold.
+    // places in use), and back up after half a second below the threshold.
     let degrade = DegradeLayer::builder()
         .probe(Duration::from_millis(20), move || {
             let s = gpu.stats();
