@@ -141,6 +141,7 @@ pub mod event;
 pub mod fallback;
 pub mod health;
 pub mod metrics;
+mod name;
 #[cfg(feature = "openai")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
 pub mod openai;

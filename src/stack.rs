@@ -165,13 +165,12 @@ pub struct InferenceStack<
 impl InferenceStack {
     /// An empty stack whose primary tier (the wrapped model) is named `primary`.
     ///
-    /// Every answer carries the name in its [`Provenance`](crate::Provenance): a
-    /// `&'static str` costs nothing to copy there, while an owned `String` is cloned into
-    /// each answer (one allocation per call). For a name read from configuration,
-    /// `Box::leak` it once at start-up.
+    /// Every answer carries the name in its [`Provenance`](crate::Provenance). A name read
+    /// from configuration (a `String`) is kept once for the life of the process, so copying
+    /// it into an answer never allocates.
     pub fn new(primary: impl Into<Cow<'static, str>>) -> Self {
         InferenceStack {
-            primary: primary.into(),
+            primary: crate::name::intern(primary.into()),
             sinks: Vec::new(),
             metrics: Identity::new(),
             fallback: Identity::new(),

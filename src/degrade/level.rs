@@ -28,7 +28,7 @@ impl Level {
         speed: f64,
     ) -> Self {
         Level {
-            name: name.into(),
+            name: crate::name::intern(name.into()),
             threshold: setting::share("degrade level threshold", threshold, 1.0),
             scale: Scale::new(quality, speed),
         }

@@ -114,10 +114,10 @@ impl<Req, Res, E, C> fmt::Debug for FallbackBuilder<Req, Res, E, C> {
 impl<Req, Res, E, C> FallbackBuilder<Req, Res, E, C> {
     /// Names the wrapped service's tier (default [`PRIMARY_TIER`]).
     ///
-    /// The name is copied into every answer's provenance: a `&'static str` costs nothing,
-    /// an owned `String` one allocation per call.
+    /// The name is copied into every answer's provenance; an owned `String` is kept once for
+    /// the life of the process, so that copy never allocates.
     pub fn primary(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.primary = name.into();
+        self.primary = crate::name::intern(name.into());
         self
     }
 

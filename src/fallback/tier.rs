@@ -43,7 +43,7 @@ impl<Req, Res, E> Tier<Req, Res, E> {
         E: 'static,
     {
         Tier {
-            name: name.into(),
+            name: crate::name::intern(name.into()),
             quality,
             svc: BoxCloneSyncService::new(tower::ServiceExt::map_err(svc, Into::into)),
             cacheable: None,

@@ -141,7 +141,7 @@ impl<C, P, O> MetricsLayer<C, P, O> {
     /// names them: give it the name the fallback layer gives its primary, and both stages
     /// count the same answers under the same tier (the [`stack`](crate::stack) does this).
     pub fn primary_tier(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.primary.name = name.into();
+        self.primary.name = crate::name::intern(name.into());
         self
     }
 
