@@ -385,6 +385,100 @@ async fn an_error_from_poll_ready_ends_the_retries() {
     );
 }
 
+/// Counts its clones, and the readiness checks and calls each clone saw (by clone number, 0
+/// the original); fails every call while `failing` is set.
+#[derive(Default)]
+struct CountedClones {
+    id: usize,
+    log: Arc<Mutex<CloneLog>>,
+}
+
+#[derive(Default, Debug, PartialEq)]
+struct CloneLog {
+    failing: bool,
+    clones: usize,
+    ready: Vec<usize>,
+    called: Vec<usize>,
+}
+
+impl Clone for CountedClones {
+    fn clone(&self) -> Self {
+        let mut log = self.log.lock().unwrap();
+        log.clones += 1;
+        CountedClones {
+            id: log.clones,
+            log: self.log.clone(),
+        }
+    }
+}
+
+impl Service<&'static str> for CountedClones {
+    type Response = Served<u32>;
+    type Error = InferenceError;
+    type Future = std::future::Ready<Result<Served<u32>, InferenceError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), InferenceError>> {
+        self.log.lock().unwrap().ready.push(self.id);
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: &'static str) -> Self::Future {
+        let mut log = self.log.lock().unwrap();
+        log.called.push(self.id);
+        std::future::ready(if log.failing {
+            Err(timeout())
+        } else {
+            Ok(Served::new(1))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_call_clones_no_service_and_each_retry_calls_a_fresh_ready_clone() {
+    let backend = CountedClones::default();
+    let log = backend.log.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .backoff(exact(1))
+                .build(),
+        )
+        .service(backend);
+    assert_eq!(
+        log.lock().unwrap().clones,
+        1,
+        "the layer keeps one clone for retries"
+    );
+
+    for _ in 0..3 {
+        svc.ready().await.unwrap().call("q").await.unwrap();
+    }
+    let answered = std::mem::take(&mut *log.lock().unwrap());
+    assert_eq!(answered.clones, 1, "answered calls clone no service");
+    assert_eq!(answered.ready, [0, 0, 0]);
+    assert_eq!(
+        answered.called,
+        [0, 0, 0],
+        "each call went to the service made ready"
+    );
+
+    // Clone numbers start afresh: the retries' clones are 1 and 2.
+    log.lock().unwrap().failing = true;
+    svc.ready().await.unwrap().call("q").await.unwrap_err();
+    let retried = std::mem::take(&mut *log.lock().unwrap());
+    assert_eq!(retried.clones, 2, "one clone per retry");
+    assert_eq!(
+        retried.ready,
+        [0, 1, 2],
+        "each retry's clone is made ready first"
+    );
+    assert_eq!(retried.called, [0, 1, 2]);
+}
+
 #[cfg(feature = "mock")]
 mod with_mock_gpu {
     use super::*;

@@ -92,6 +92,7 @@ pin_project! {
 impl<F, C> ResponseFuture<F, C> {
     /// Starts a call as `admission` says: refused, passed unrecorded, or called and recorded.
     /// `call` runs only when the inner service is to be called.
+    #[inline(always)]
     pub(crate) fn start(
         admission: Admission,
         local: &Arc<Local<C>>,
@@ -165,6 +166,7 @@ where
 {
     type Output = Result<T, E>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called {

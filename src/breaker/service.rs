@@ -97,6 +97,7 @@ where
         }
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.local.shared;
         let admission = match self.admission.take() {

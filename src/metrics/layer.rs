@@ -274,12 +274,12 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, C, P>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let operation = self.operation.label(&req);
         // Built in place (fields are evaluated in the order written), so the inner future is
@@ -341,7 +341,7 @@ where
 {
     type Output = Result<T, E>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         crate::clock::polling();

@@ -22,16 +22,15 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S, S::Future>,
         // What retries need; `None` when a single attempt was allowed.
         retry: Option<RetryState<S, Req, C, D>>,
     }
 }
 
 struct RetryState<S, Req, C, D> {
-    svc: S,
     req: Req,
-    local: Arc<Local<C, D>>,
+    local: Arc<Local<S, C, D>>,
     attempts: Attempts,
     /// With a deadline: the timer that ends the call, attempt in flight included.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -50,24 +49,23 @@ impl<S, Req, C, D> Drop for RetryState<S, Req, C, D> {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<S, F> {
         // An attempt is running.
         Calling { #[pin] fut: F },
         // Waiting out the delay before the next attempt (boxed: it is the rare path, and
         // keeping the timer out of line keeps the future small on the common one).
         Waiting { sleep: Pin<Box<Sleep>> },
-        // Waiting for the service to be ready for the next attempt.
-        Readying,
+        // Waiting for a fresh clone of the service to be ready for the next attempt.
+        Readying { svc: S },
     }
 }
 
 impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(
         fut: S::Future,
-        svc: S,
         req: Req,
-        local: Arc<Local<C, D>>,
+        local: Arc<Local<S, C, D>>,
         attempts: Attempts,
     ) -> Self {
         let deadline = match (local.shared.deadline, attempts.started()) {
@@ -80,7 +78,6 @@ impl<S: Service<Req>, Req, C, D> ResponseFuture<S, Req, C, D> {
         ResponseFuture {
             state: State::Calling { fut },
             retry: Some(RetryState {
-                svc,
                 req,
                 local,
                 attempts,
@@ -102,7 +99,7 @@ impl<S: Service<Req>, Req, C, D> std::fmt::Debug for ResponseFuture<S, Req, C, D
         let state = match self.state {
             State::Calling { .. } => "Calling",
             State::Waiting { .. } => "Waiting",
-            State::Readying => "Readying",
+            State::Readying { .. } => "Readying",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -113,7 +110,7 @@ impl<S: Service<Req>, Req, C, D> std::fmt::Debug for ResponseFuture<S, Req, C, D
 
 impl<S, Req, C, D> Future for ResponseFuture<S, Req, C, D>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Response: Annotate,
     Req: Clone,
     S::Error: From<InferenceError>,
@@ -122,7 +119,7 @@ where
 {
     type Output = Result<S::Response, S::Error>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Poll::Ready(out) = self.as_mut().poll_attempts(cx) {
             return Poll::Ready(out);
@@ -143,14 +140,14 @@ where
 
 impl<S, Req, C, D> ResponseFuture<S, Req, C, D>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Response: Annotate,
     Req: Clone,
     C: Classify<S::Response, S::Error>,
     D: OomRetry<Req>,
 {
     /// Drives the attempts, their delays and readiness.
-    #[inline]
+    #[inline(always)]
     fn poll_attempts(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -167,7 +164,8 @@ where
                     match shared.decide(&mut retry.attempts, &mut retry.req, &mut result) {
                         Decision::Done => return Poll::Ready(result),
                         Decision::RetryAfter(delay) if delay.is_zero() => {
-                            this.state.set(State::Readying)
+                            let svc = retry.local.retry_service();
+                            this.state.set(State::Readying { svc })
                         }
                         Decision::RetryAfter(delay) => this.state.set(State::Waiting {
                             sleep: Box::pin(tokio::time::sleep(delay)),
@@ -176,13 +174,17 @@ where
                 }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Readying);
+                    let Some(retry) = this.retry.as_ref() else {
+                        unreachable!("only a retrying future waits to retry");
+                    };
+                    let svc = retry.local.retry_service();
+                    this.state.set(State::Readying { svc });
                 }
-                StateProj::Readying => {
+                StateProj::Readying { svc } => {
                     let Some(retry) = this.retry.as_mut() else {
                         unreachable!("only a retrying future waits for readiness");
                     };
-                    if let Err(e) = ready!(retry.svc.poll_ready(cx)) {
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
                         // The next attempt never started: only the earlier ones count.
                         crate::tally::report(retry.attempts.made() - 1);
                         return Poll::Ready(Err(e));
@@ -190,7 +192,7 @@ where
                     retry.attempts.take_withdrawal();
                     // An earlier attempt's end is not this one's.
                     crate::clock::moved_on();
-                    let fut = retry.svc.call(retry.req.clone());
+                    let fut = svc.call(retry.req.clone());
                     this.state.set(State::Calling { fut });
                 }
             }

@@ -64,7 +64,7 @@ impl<C, D> RetryLayer<C, D> {
     }
 }
 
-impl<S, C, D> Layer<S> for RetryLayer<C, D> {
+impl<S: Clone, C, D> Layer<S> for RetryLayer<C, D> {
     type Service = Retry<S, C, D>;
 
     fn layer(&self, inner: S) -> Self::Service {
