@@ -64,8 +64,36 @@ impl<Res> ReadProvenance<Res> for NoProvenance {
 
 /// Labels a request's operation, for the top error patterns.
 pub trait OperationLabel<Req> {
+    /// What a call keeps of its label until it completes: `()` for none, so that a stage
+    /// without labels keeps nothing in its response futures.
+    type Label: KeptLabel;
+
+    /// The label of `req`'s operation.
+    fn label(&self, req: &Req) -> Self::Label;
+}
+
+/// An operation label kept by a call in flight.
+pub trait KeptLabel {
     /// The label, or `None` to use the stage's name.
-    fn label(&self, req: &Req) -> Option<String>;
+    fn as_label(&self) -> Option<&str>;
+}
+
+impl KeptLabel for () {
+    fn as_label(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl KeptLabel for String {
+    fn as_label(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl KeptLabel for Option<String> {
+    fn as_label(&self) -> Option<&str> {
+        self.as_deref()
+    }
 }
 
 /// No operation label: patterns are labelled with the stage's name.
@@ -73,9 +101,9 @@ pub trait OperationLabel<Req> {
 pub struct NoLabel;
 
 impl<Req> OperationLabel<Req> for NoLabel {
-    fn label(&self, _req: &Req) -> Option<String> {
-        None
-    }
+    type Label = ();
+
+    fn label(&self, _req: &Req) {}
 }
 
 /// Labels operations with a closure.
@@ -83,8 +111,10 @@ impl<Req> OperationLabel<Req> for NoLabel {
 pub struct LabelFn<F>(F);
 
 impl<Req, F: Fn(&Req) -> String> OperationLabel<Req> for LabelFn<F> {
-    fn label(&self, req: &Req) -> Option<String> {
-        Some((self.0)(req))
+    type Label = String;
+
+    fn label(&self, req: &Req) -> String {
+        (self.0)(req)
     }
 }
 
@@ -272,7 +302,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, C, P>;
+    type Future = ResponseFuture<S::Future, C, P, O::Label>;
 
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -304,17 +334,17 @@ where
 }
 
 pin_project! {
-    /// The response future of [`Metrics`].
-    pub struct ResponseFuture<F, C, P> {
+    /// The response future of [`Metrics`]; `L` is what the call keeps of its operation label.
+    pub struct ResponseFuture<F, C, P, L = ()> {
         #[pin]
         fut: F,
         local: Arc<Local<C, P>>,
-        operation: Option<String>,
+        operation: L,
         started: Instant,
         done: bool,
     }
 
-    impl<F, C, P> PinnedDrop for ResponseFuture<F, C, P> {
+    impl<F, C, P, L> PinnedDrop for ResponseFuture<F, C, P, L> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before it completed: the caller hung up (or a timeout cut it).
             if !this.done {
@@ -324,7 +354,7 @@ pin_project! {
     }
 }
 
-impl<F, C, P> std::fmt::Debug for ResponseFuture<F, C, P> {
+impl<F, C, P, L> std::fmt::Debug for ResponseFuture<F, C, P, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("stage", &self.local.stage.name)
@@ -332,8 +362,9 @@ impl<F, C, P> std::fmt::Debug for ResponseFuture<F, C, P> {
     }
 }
 
-impl<F, C, P, T, E> Future for ResponseFuture<F, C, P>
+impl<F, C, P, L, T, E> Future for ResponseFuture<F, C, P, L>
 where
+    L: KeptLabel,
     F: Future<Output = Result<T, E>>,
     T: 'static,
     C: Classify<T, E>,
@@ -358,7 +389,7 @@ where
             kind,
             latency,
             provenance,
-            this.operation.as_deref(),
+            this.operation.as_label(),
             &local.primary.name,
         );
         // A stream that started: its wait was the time to first token; its chunks and its

@@ -109,7 +109,7 @@ pub use self::collector::{
     Spike, StageSnapshot,
 };
 pub use self::layer::{
-    FromAnnotate, LabelFn, Metrics, MetricsLayer, NoLabel, NoProvenance, OperationLabel,
+    FromAnnotate, KeptLabel, LabelFn, Metrics, MetricsLayer, NoLabel, NoProvenance, OperationLabel,
     ReadProvenance, ResponseFuture,
 };
 pub use self::stream::{RateSnapshot, StreamSnapshot};
