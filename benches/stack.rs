@@ -13,6 +13,10 @@
 //! and two tasks spawned on a single two-worker multi-thread runtime, as a hyper or axum
 //! server runs them, each calling its own clone (`stack_success/{1,2}_task_2_workers`).
 //!
+//! A baseline of the layering itself: six pass-through layers (`six_empty_layers`), as many
+//! as the whole stack has, each holding an `Arc` that its future clones and touches once, as
+//! every layer of the stack does. What the whole stack costs beyond it is the layers' work.
+//!
 //! Run with `cargo bench --bench stack --all-features`.
 
 mod common;
@@ -71,6 +75,72 @@ where
     .expect("the counting thread")
 }
 
+/// A layer that does nothing but what every layer of the stack does at the least: its future
+/// wraps the inner one and holds a clone of the layer's shared state, touched once at the end.
+mod empty {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::task::{Context, Poll, ready};
+
+    #[derive(Clone, Default)]
+    pub struct EmptyLayer(Arc<AtomicU64>);
+
+    impl<S> tower::Layer<S> for EmptyLayer {
+        type Service = Empty<S>;
+
+        fn layer(&self, inner: S) -> Empty<S> {
+            Empty {
+                inner,
+                shared: self.0.clone(),
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct Empty<S> {
+        inner: S,
+        shared: Arc<AtomicU64>,
+    }
+
+    impl<S: tower::Service<R>, R> tower::Service<R> for Empty<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = EmptyFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: R) -> Self::Future {
+            EmptyFuture {
+                fut: self.inner.call(req),
+                shared: self.shared.clone(),
+            }
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        pub struct EmptyFuture<F> {
+            #[pin]
+            fut: F,
+            shared: Arc<AtomicU64>,
+        }
+    }
+
+    impl<F: Future> Future for EmptyFuture<F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            let out = ready!(this.fut.poll(cx));
+            this.shared.fetch_add(1, Relaxed);
+            Poll::Ready(out)
+        }
+    }
+}
+
 /// A lighter tier and a static default behind the primary.
 fn fallback<E: From<InferenceError> + 'static>() -> FallbackBuilder<GenerationParams, Answer, E> {
     FallbackLayer::builder()
@@ -97,6 +167,15 @@ fn stack(c: &mut Criterion) {
         .breaker(BreakerLayer::builder())
         .build()
         .layer(bare());
+    let empty = empty::EmptyLayer::default();
+    let six_empty = tower::ServiceBuilder::new()
+        .layer(empty.clone())
+        .layer(empty.clone())
+        .layer(empty.clone())
+        .layer(empty.clone())
+        .layer(empty.clone())
+        .layer(empty)
+        .service(bare());
     let bare_timeout = tower::timeout::TimeoutLayer::new(Duration::from_secs(5)).layer(bare());
     let whole_timeout = InferenceStack::new("primary-model")
         .metrics(&metrics)
@@ -137,6 +216,7 @@ fn stack(c: &mut Criterion) {
     count("fallback", allocations_per_call(&fallback_alone, 10_000));
     count("metrics", allocations_per_call(&metrics_alone, 10_000));
     count("whole stack", allocations_per_call(&whole, 10_000));
+    count("six empty layers", allocations_per_call(&six_empty, 10_000));
     count(
         "bare + tower timeout",
         allocations_per_call(&bare_timeout, 10_000),
@@ -167,6 +247,7 @@ fn stack(c: &mut Criterion) {
         contestant!("fallback", fallback_alone);
         contestant!("metrics", metrics_alone);
         contestant!("whole_stack", whole);
+        contestant!("six_empty_layers", six_empty);
         contestant!("bare_tower_timeout", bare_timeout);
         contestant!("whole_stack_tower_timeout", whole_timeout);
         contestant!("tower_resilience_0_13_retry_cb", resilience);
