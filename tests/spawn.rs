@@ -13,13 +13,13 @@ use std::borrow::Cow;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_inference::breaker::BreakerLayer;
 use tower_inference::degrade::DegradeLayer;
 use tower_inference::fallback::{FallbackLayer, MemoryStore};
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
 use tower_inference::mock::{ChaosLayer, Completion, InferenceRequest, MockGpu};
-use tower_inference::retry::RetryLayer;
+use tower_inference::retry::{Backoff, RetryLayer};
 use tower_inference::stack::InferenceStack;
 use tower_inference::{Degrade, GenerationParams, InferenceError, Quality, Scale, Served};
 
@@ -198,6 +198,50 @@ async fn whole_stack_by_hand_over_tower_timeout() {
         .service(gpu());
     spawn_calls!(svc, InferenceRequest::new("hi").max_tokens(4));
     assert_eq!(metrics.snapshot().stages[0].calls, 24);
+}
+
+/// The whole stack over tower's timeout and a primary that fails a third of its calls,
+/// spawned: the retries (each on a fresh clone of the breaker and backend stage, taken on a
+/// worker thread) and the fallback run across both workers, and every call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_stack_retries_and_falls_back_when_spawned_over_tower_timeout() {
+    let metrics = ErrorMetrics::new();
+    let chaos = ChaosLayer::builder().error_rate(0.33).seed(7).build();
+    let injected = chaos.handle();
+    let layer = InferenceStack::new("big")
+        .metrics(&metrics)
+        .fallback(FallbackLayer::builder().tier("light", Quality::Reduced, gpu()))
+        .retry(RetryLayer::builder().max_attempts(3).backoff(Backoff::new(
+            Duration::ZERO,
+            2.0,
+            Duration::ZERO,
+        )))
+        // Opens only if every call in its window fails: every retry reaches the backend.
+        .breaker(BreakerLayer::builder().failure_rate_threshold(1.0))
+        .timeout(Duration::from_secs(1))
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(chaos.layer(gpu()));
+    error_type::<_, _, BoxError>(&svc);
+    spawn_calls!(svc, InferenceRequest::new("hi").max_tokens(4));
+    let snapshot = metrics.snapshot();
+    let calls = |stage: &str| {
+        snapshot
+            .stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .map_or(0, |s| s.calls)
+    };
+    assert_eq!(calls("edge"), 24, "every call answered once");
+    let retries: u64 = snapshot.retries.values().sum();
+    assert!(injected.injected_errors() > 0, "the primary failed");
+    assert!(retries > 0, "failed attempts were retried");
+    assert_eq!(
+        calls("backend"),
+        24 + retries,
+        "each retry was one more backend call"
+    );
 }
 
 /// Checks a service's error type at compile time.
