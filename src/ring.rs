@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::stripe::{Bump, Stripe};
+
 /// `N` counters, each packed as `period << 32 | count`, so moving a counter on to a new period
 /// and counting in it are single atomic operations. Period 0 means "never written"; periods
 /// are numbered from 1.
@@ -42,6 +44,17 @@ impl<const N: usize> PeriodRing<N> {
 
     /// Counts one event in `period`.
     pub(crate) fn add(&self, period: u32) {
+        self.count(period, None);
+    }
+
+    /// Counts one event in `period`, in a ring that only the threads on `stripe` write.
+    #[inline]
+    pub(crate) fn add_on(&self, period: u32, stripe: Stripe) {
+        self.count(period, Some(stripe));
+    }
+
+    #[inline]
+    fn count(&self, period: u32, stripe: Option<Stripe>) {
         let cell = self.cell(period);
         let mut current = cell.load(Relaxed);
         loop {
@@ -49,7 +62,10 @@ impl<const N: usize> PeriodRing<N> {
             // A counter already moved on past `period` (by a thread with a fresher clock
             // reading) takes the count as it is, rather than being wound back.
             if bucket == period || (bucket != 0 && bucket.wrapping_sub(period) < u32::MAX / 2) {
-                cell.fetch_add(1, Relaxed);
+                match stripe {
+                    Some(stripe) => cell.bump(1, stripe),
+                    None => cell.fetch_add(1, Relaxed),
+                };
                 return;
             }
             match cell.compare_exchange_weak(current, pack(period, 1), Relaxed, Relaxed) {

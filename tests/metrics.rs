@@ -6,7 +6,7 @@ use std::time::Duration;
 mod support;
 
 use support::all_events;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_inference::metrics::{ErrorMetrics, MetricsLayer};
 use tower_inference::{Emitter, ErrorKind, Event, EventSink, InferenceError, Quality, Served};
 
@@ -351,4 +351,47 @@ async fn prometheus_text_has_every_family_and_escapes_labels() {
         text.contains(r#"tower_inference_latency_seconds_count{stage="edge \"a\"\nb\\c"} 2"#),
         "{text}"
     );
+}
+
+/// Threads count on stripes of their own without atomic read-modify-writes while they own
+/// them; more threads than stripes must share one, and nothing may be lost either way.
+#[test]
+fn answers_counted_by_more_threads_than_stripes_are_all_kept() {
+    const THREADS: usize = 40;
+    const CALLS: u64 = 10_000;
+    let metrics = ErrorMetrics::new();
+    let svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&metrics, "threads"))
+        .service(service_fn(|()| {
+            std::future::ready(Ok::<_, InferenceError>(Served::new(())))
+        }));
+    let all_started = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (mut svc, all_started) = (svc.clone(), all_started.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    svc.ready().await.unwrap().call(()).await.unwrap();
+                    all_started.wait();
+                    for _ in 1..CALLS {
+                        svc.ready().await.unwrap().call(()).await.unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stage = &metrics.snapshot().stages[0];
+    let total = THREADS as u64 * CALLS;
+    assert_eq!(stage.calls, total);
+    assert_eq!(stage.latency.count, total);
+    assert_eq!(stage.primary_answers, total);
+    assert_eq!(stage.full_or_reduced_answers, total);
+    assert_eq!(stage.tiers.values().sum::<u64>(), total);
+    assert_eq!(stage.in_flight, 0);
 }

@@ -19,12 +19,11 @@ pub const DEGRADED_WARNING: &str =
 #[derive(Debug)]
 pub(crate) struct InFlight {
     local: Arc<Local>,
-    stripe: usize,
 }
 
 impl InFlight {
-    pub(crate) fn new(local: Arc<Local>, stripe: usize) -> Self {
-        InFlight { local, stripe }
+    pub(crate) fn new(local: Arc<Local>) -> Self {
+        InFlight { local }
     }
 
     pub(crate) fn local(&self) -> &Local {
@@ -34,7 +33,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.local.shared.signals.leave(self.stripe);
+        self.local.shared.signals.leave();
     }
 }
 

@@ -69,9 +69,9 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let local = self.local.here().clone();
-        let (stripe, in_flight) = local.shared.signals.enter();
+        let in_flight = local.shared.signals.enter();
         // Leaves the in-flight count whatever happens next, a panic included.
-        let guard = InFlight::new(local, stripe);
+        let guard = InFlight::new(local);
         let shared = &guard.local().shared;
         let level = shared.level(in_flight);
         let level_spec = &shared.levels.levels[level];

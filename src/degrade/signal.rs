@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::stripe::{STRIPES, stripe};
+use crate::stripe::{self, Bump, STRIPES};
 
 /// A probe of some external load, such as GPU memory or utilisation, in `0..=1`.
 pub(crate) struct Probe {
@@ -61,8 +61,9 @@ pub(crate) fn unit(load: f64) -> f64 {
 #[derive(Default)]
 #[repr(align(128))]
 struct Stripe {
-    /// Calls entered here minus calls that left here (a call may leave on another thread's
-    /// stripe, so one stripe can go below zero; the sum cannot).
+    /// Calls entered here minus calls that left here (a call leaves on the thread it
+    /// finishes on, which may be another stripe's, so one stripe can go below zero; the sum
+    /// cannot). Written only by the stripe's thread while it owns the stripe.
     in_flight: AtomicIsize,
     /// The other stripes' sum, as last read by this stripe's thread.
     others: AtomicIsize,
@@ -113,34 +114,33 @@ impl Signals {
         }
     }
 
-    /// Counts a call in; returns its stripe and the in-flight count it sees, itself included.
+    /// Counts a call in; returns the in-flight count it sees, itself included.
     ///
     /// The count is exact for calls from one thread; another thread's calls are seen as of
     /// this thread's last refresh, at most 16 of its calls ago. Each thread writes only its own
     /// cache line, so counting does not make threads contend.
     #[inline]
-    pub(crate) fn enter(&self) -> (usize, usize) {
-        let index = stripe();
+    pub(crate) fn enter(&self) -> usize {
+        let stripe = stripe::current();
+        let index = stripe.index();
         let own = &self.stripes[index];
-        let mine = own.in_flight.fetch_add(1, Relaxed) + 1;
-        let others = if own
-            .calls
-            .fetch_add(1, Relaxed)
-            .is_multiple_of(REFRESH_EVERY)
-        {
+        let mine = own.in_flight.bump(1, stripe) + 1;
+        let others = if own.calls.bump(1, stripe).is_multiple_of(REFRESH_EVERY) {
             let others = self.sum_except(Some(index));
             own.others.store(others, Relaxed);
             others
         } else {
             own.others.load(Relaxed)
         };
-        (index, usize::try_from(mine + others).unwrap_or(0))
+        usize::try_from(mine + others).unwrap_or(0)
     }
 
-    /// Counts a call out, on the stripe it entered on.
+    /// Counts a call out, on this thread's stripe (which need not be the one it entered on:
+    /// only the sum of the stripes means anything).
     #[inline]
-    pub(crate) fn leave(&self, stripe: usize) {
-        self.stripes[stripe].in_flight.fetch_sub(1, Relaxed);
+    pub(crate) fn leave(&self) {
+        let stripe = stripe::current();
+        self.stripes[stripe.index()].in_flight.bump(-1, stripe);
     }
 
     /// Calls in flight now, read from every stripe.

@@ -19,13 +19,14 @@ use crate::event::{CircuitState, Event, EventSink};
 use crate::provenance::{PRIMARY_TIER, Provenance, Quality};
 use crate::retry::RetryBudget;
 use crate::setting;
-use crate::stripe::{STRIPES, stripe};
+use crate::stripe::{self, Bump, STRIPES, Stripe};
 
 /// Tier names a stage tracks; answers from further tiers count in its overflow slot.
 const MAX_TIERS: usize = 16;
 /// The most error patterns a collector keeps.
 const MAX_TOP_K: usize = 1_024;
-/// Latency histograms per stage (threads share them round-robin).
+/// Latency histograms per stage that a thread owns (those of the first stripes); threads on
+/// further stripes share one more.
 const HISTOGRAMS: usize = 4;
 /// The default bound on stages per collector.
 const MAX_STAGES: usize = 64;
@@ -55,8 +56,8 @@ impl Default for Striped {
 
 impl Striped {
     #[inline]
-    fn add(&self, index: usize) {
-        self.0[index].0.fetch_add(1, Relaxed);
+    fn add(&self, stripe: Stripe) {
+        self.0[stripe.index()].0.bump(1, stripe);
     }
 
     fn sum(&self) -> u64 {
@@ -135,7 +136,7 @@ impl Stage {
             cancelled: Striped::default(),
             errors: Default::default(),
             rates: Default::default(),
-            latency: (0..HISTOGRAMS).map(|_| LatencyStripe::default()).collect(),
+            latency: (0..=HISTOGRAMS).map(|_| LatencyStripe::default()).collect(),
             tier_names: Default::default(),
             tiers: (0..STRIPES).map(|_| TierStripe::default()).collect(),
             full_or_reduced: Striped::default(),
@@ -156,12 +157,12 @@ impl Stage {
     /// Counts a call started (for the in-flight gauge).
     #[inline]
     pub(crate) fn start(&self) {
-        self.started.add(stripe());
+        self.started.add(stripe::current());
     }
 
     /// Counts a call dropped before it completed (a caller that hung up).
     pub(crate) fn cancel(&self) {
-        self.cancelled.add(stripe());
+        self.cancelled.add(stripe::current());
     }
 
     /// Records one completed call: its outcome, latency and, for an answer, its provenance.
@@ -173,9 +174,14 @@ impl Stage {
         operation: Option<&str>,
         primary: &str,
     ) {
-        let index = stripe();
+        let stripe = stripe::current();
+        let index = stripe.index();
         let micros = micros(latency).max(1);
-        let histograms = &self.latency[index % HISTOGRAMS];
+        // The first stripes have histograms of their own; the rest share the last one.
+        let (histograms, in_histograms) = match self.latency.get(index) {
+            Some(own) if index < HISTOGRAMS => (own, stripe),
+            _ => (&self.latency[HISTOGRAMS], stripe.sharing()),
+        };
         match kind {
             Some(kind) => {
                 let k = kind_index(kind);
@@ -183,7 +189,7 @@ impl Stage {
                 self.rates[k].add(period(self.origin));
                 let pattern = format!("{}|{}", kind.code(), operation.unwrap_or(&self.name));
                 lock(&self.patterns[index]).add(&pattern);
-                histograms.other.record(micros);
+                histograms.other.record(micros, in_histograms);
             }
             None => {
                 let default = Provenance::default();
@@ -193,14 +199,14 @@ impl Stage {
                 } else {
                     &p.tier
                 };
-                self.tiers[index].0[self.tier_slot(tier)].fetch_add(1, Relaxed);
+                self.tiers[index].0[self.tier_slot(tier)].bump(1, stripe);
                 if p.fallback {
-                    histograms.other.record(micros);
+                    histograms.other.record(micros, in_histograms);
                 } else {
-                    histograms.primary.record(micros);
+                    histograms.primary.record(micros, in_histograms);
                 }
                 if matches!(p.quality, Quality::Full | Quality::Reduced) {
-                    self.full_or_reduced.add(index);
+                    self.full_or_reduced.add(stripe);
                 }
                 if let Some(age) = p.cache_age() {
                     self.cache_age

@@ -18,6 +18,7 @@
 //! (and `prometheus-client`'s takes a mutex per observation). The counters here are plain
 //! `AtomicU64`s, 4.4 KiB per histogram.
 
+use crate::stripe::{Bump, Stripe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -145,10 +146,10 @@ impl Histogram {
     /// Records one observation of `micros` microseconds (at most [`LONGEST`]; longer ones
     /// count as that, so the sum cannot overflow).
     #[inline]
-    pub(crate) fn record(&self, micros: u64) {
+    pub(crate) fn record(&self, micros: u64, stripe: Stripe) {
         let micros = micros.min(LONGEST);
-        self.slots[slot(micros)].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(micros, Relaxed);
+        self.slots[slot(micros)].bump(1, stripe);
+        self.sum_micros.bump(micros, stripe);
         if micros > self.max_micros.load(Relaxed) {
             self.max_micros.fetch_max(micros, Relaxed);
         }
@@ -251,7 +252,7 @@ mod tests {
     fn buckets_quantiles_sum_and_max() {
         let h = Histogram::default();
         for ms in 1..=100u64 {
-            h.record(ms * 1_000);
+            h.record(ms * 1_000, crate::stripe::current());
         }
         let mut merged = Merged::default();
         h.merge_into(&mut merged);
@@ -290,11 +291,11 @@ mod tests {
     fn prometheus_buckets_are_exact_at_every_bound() {
         let h = Histogram::default();
         for bound in BOUNDS {
-            h.record(bound - 1);
-            h.record(bound);
-            h.record(bound + 1);
+            h.record(bound - 1, crate::stripe::current());
+            h.record(bound, crate::stripe::current());
+            h.record(bound + 1, crate::stripe::current());
         }
-        h.record(u64::MAX);
+        h.record(u64::MAX, crate::stripe::current());
         let mut merged = Merged::default();
         h.merge_into(&mut merged);
         let buckets = merged.buckets();

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::collector::{LatencySnapshot, Stage};
 use super::histogram::{BOUNDS, Histogram, Merged};
 use crate::stream::{Chunk, StreamEnd, Watch};
+use crate::stripe::Stripe;
 
 /// A stage's stream counters: no lock, no allocation after creation.
 #[derive(Default)]
@@ -32,7 +33,10 @@ fn micros(d: Duration) -> u64 {
 impl StreamStats {
     /// A stream started after `first_token`: records it and returns what watches the rest.
     pub(crate) fn started(stage: &Arc<Stage>, first_token: Duration, now: Instant) -> StreamWatch {
-        stage.streams().first_token.record(micros(first_token));
+        stage
+            .streams()
+            .first_token
+            .record(micros(first_token), Stripe::SHARER);
         StreamWatch {
             stage: stage.clone(),
             first: now,
@@ -79,10 +83,10 @@ impl Watch for StreamWatch {
             return;
         }
         let now = Instant::now();
-        self.stage
-            .streams()
-            .inter_token
-            .record(micros(now.saturating_duration_since(self.last)));
+        self.stage.streams().inter_token.record(
+            micros(now.saturating_duration_since(self.last)),
+            Stripe::SHARER,
+        );
         self.last = now;
         self.tokens += u64::from(chunk.tokens);
     }
@@ -99,7 +103,9 @@ impl Watch for StreamWatch {
         let span = self.last.saturating_duration_since(self.first);
         if matches!(end, StreamEnd::Finished { .. }) && self.tokens > 0 && !span.is_zero() {
             let rate = self.tokens as f64 / span.as_secs_f64();
-            stats.tokens_per_second.record((rate * 1_000.0) as u64);
+            stats
+                .tokens_per_second
+                .record((rate * 1_000.0) as u64, Stripe::SHARER);
         }
     }
 }

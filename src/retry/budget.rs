@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::ring::{PeriodRing, count_of, pack, period_of};
 use crate::setting;
-use crate::stripe::{STRIPES, stripe};
+use crate::stripe::{self, STRIPES};
 
 /// Buckets the time-to-live is cut into; the window slides a bucket at a time.
 const BUCKETS: usize = 10;
@@ -167,7 +167,8 @@ impl RetryBudget {
         } else {
             self.period_hint.load(Relaxed)
         };
-        self.deposits[stripe()].0.add(period);
+        let stripe = stripe::current();
+        self.deposits[stripe.index()].0.add_on(period, stripe);
     }
 
     /// Takes one retry from the budget if the balance allows it.
