@@ -5,7 +5,7 @@
 //! owner is then the only thread that writes that stripe's counters, so it counts with a
 //! plain load and store ([`Bump::bump`]): no locked instruction, which is most of what a
 //! counter costs (about 5 ns each on a common cloud VM, and a call through the whole stack
-//! counts a dozen times). Readers sum the stripes with plain loads, as before. When every
+//! counts a dozen times). Readers add the stripes up with atomic loads. When every
 //! ownable stripe is taken, further threads share the last stripe, which nobody owns, and
 //! count there with atomic read-modify-writes: always correct, only slower.
 //!

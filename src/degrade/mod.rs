@@ -35,16 +35,17 @@
 //!
 //! # Cost
 //!
-//! The in-flight count is striped per thread: a call writes only its own thread's cache line,
-//! and reads the other threads' counts once every 16 of its calls (exact for calls on one
+//! The in-flight count is striped per thread: a call writes only its own thread's cache line
+//! (with a plain load and store while the thread owns its stripe, as the first 15 threads
+//! do), and reads the other threads' counts once every 16 of its calls (exact for calls on one
 //! thread, at most 16 calls behind for the others). `benches/degrade.rs` (criterion, 2-core
 //! x86-64 VM), time per call in front of a service that answers at once:
 //!
 //! | | 1 thread | 2 threads sharing one layer |
 //! |---|---|---|
-//! | bare service | 30.0 ns | 29.0 ns |
-//! | full level | 79.4 ns | 82.4 ns |
-//! | degraded (`reduced`) | 105.7 ns | 112.1 ns |
+//! | bare service | 20.3 ns | 19.4 ns |
+//! | full level | 41.0 ns | 54.3 ns |
+//! | degraded (`reduced`) | 64.1 ns | 73.1 ns |
 //!
 //! With one shared atomic counter instead, two threads took 317.7 ns a call.
 //!
