@@ -13,6 +13,7 @@
 //! acquired by the next owner), so a new owner's loads see the last owner's stores.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicIsize, AtomicU32, AtomicU64, AtomicUsize};
@@ -54,12 +55,15 @@ impl Drop for Lease {
 }
 
 /// A thread's stripe: its index, and whether the thread owns it.
+///
+/// Only true on the thread that read it, so it is neither `Send` nor `Sync`: it cannot be
+/// kept across an `.await` of a `Send` future, nor handed to another thread.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stripe(u8);
+pub(crate) struct Stripe(u8, PhantomData<*const ()>);
 
 impl Stripe {
     /// How a counter that every thread writes is written: as a sharer, atomically.
-    pub(crate) const SHARER: Stripe = Stripe(SHARED);
+    pub(crate) const SHARER: Stripe = Stripe(SHARED, PhantomData);
 
     /// The stripe's index, below [`STRIPES`].
     #[inline]
@@ -70,7 +74,7 @@ impl Stripe {
     /// The same stripe, written as a sharer does (for counters that several stripes share).
     #[inline]
     pub(crate) fn sharing(self) -> Stripe {
-        Stripe(self.0 & !OWNED_FLAG)
+        Stripe(self.0 & !OWNED_FLAG, PhantomData)
     }
 
     /// Whether the calling thread is the only one that writes this stripe.
@@ -85,11 +89,11 @@ impl Stripe {
 pub(crate) fn current() -> Stripe {
     let s = STRIPE.with(Cell::get);
     if s != UNSET {
-        return Stripe(s);
+        return Stripe(s, PhantomData);
     }
     let s = claim();
     STRIPE.with(|c| c.set(s));
-    Stripe(s)
+    Stripe(s, PhantomData)
 }
 
 /// This thread's stripe index (see [`current`]).
@@ -272,11 +276,15 @@ mod tests {
                     // Every thread holds its stripe (owned or shared) before any counts.
                     all_started.wait();
                     count_on_this_thread(&cells, 20_000);
-                    current()
+                    current().0
                 })
             })
             .collect();
-        let stripes: Vec<Stripe> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Stripes as each thread read them (a `Stripe` itself stays on its thread).
+        let stripes: Vec<Stripe> = threads
+            .into_iter()
+            .map(|t| Stripe(t.join().unwrap(), PhantomData))
+            .collect();
         assert_eq!(total(&cells), THREADS as u64 * 20_000);
         assert!(
             stripes.iter().any(|s| !s.owned()),
@@ -306,16 +314,17 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_owns_its_stripe_while_it_lives() {
+    fn a_thread_keeps_one_stripe_owned_or_else_the_shared_one() {
         let stripe = std::thread::spawn(|| {
             let first = current();
             assert_eq!(first.0, current().0, "the same stripe on every use");
-            first
+            first.0
         })
         .join()
         .unwrap();
-        // Other tests' threads may hold every ownable stripe; this one must not share one
-        // that an owner holds.
+        let stripe = Stripe(stripe, PhantomData);
+        // Other tests' threads may hold every ownable stripe: then this one shares, but only
+        // the stripe that nobody owns.
         assert!(stripe.owned() || stripe.index() == usize::from(SHARED));
     }
 }

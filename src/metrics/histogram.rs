@@ -252,7 +252,7 @@ mod tests {
     fn buckets_quantiles_sum_and_max() {
         let h = Histogram::default();
         for ms in 1..=100u64 {
-            h.record(ms * 1_000, crate::stripe::current());
+            h.record(ms * 1_000, Stripe::SHARER);
         }
         let mut merged = Merged::default();
         h.merge_into(&mut merged);
@@ -291,11 +291,11 @@ mod tests {
     fn prometheus_buckets_are_exact_at_every_bound() {
         let h = Histogram::default();
         for bound in BOUNDS {
-            h.record(bound - 1, crate::stripe::current());
-            h.record(bound, crate::stripe::current());
-            h.record(bound + 1, crate::stripe::current());
+            h.record(bound - 1, Stripe::SHARER);
+            h.record(bound, Stripe::SHARER);
+            h.record(bound + 1, Stripe::SHARER);
         }
-        h.record(u64::MAX, crate::stripe::current());
+        h.record(u64::MAX, Stripe::SHARER);
         let mut merged = Merged::default();
         h.merge_into(&mut merged);
         let buckets = merged.buckets();
