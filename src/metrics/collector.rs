@@ -178,9 +178,10 @@ impl Stage {
         let index = stripe.index();
         let micros = micros(latency).max(1);
         // The first stripes have histograms of their own; the rest share the last one.
-        let (histograms, in_histograms) = match self.latency.get(index) {
-            Some(own) if index < HISTOGRAMS => (own, stripe),
-            _ => (&self.latency[HISTOGRAMS], stripe.sharing()),
+        let (histograms, in_histograms) = if index < HISTOGRAMS {
+            (&self.latency[index], stripe)
+        } else {
+            (&self.latency[HISTOGRAMS], stripe.sharing())
         };
         match kind {
             Some(kind) => {
