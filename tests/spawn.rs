@@ -242,6 +242,13 @@ async fn whole_stack_retries_and_falls_back_when_spawned_over_tower_timeout() {
         24 + retries,
         "each retry was one more backend call"
     );
+    // Counted on both workers' stripes: nothing lost, nothing left in flight.
+    for stage in &snapshot.stages {
+        assert_eq!(stage.latency.count, stage.calls, "{}", stage.stage);
+        assert_eq!(stage.in_flight, 0, "{}", stage.stage);
+    }
+    let edge = snapshot.stages.iter().find(|s| s.stage == "edge").unwrap();
+    assert_eq!(edge.tiers.values().sum::<u64>(), 24, "every answer by tier");
 }
 
 /// Checks a service's error type at compile time.
