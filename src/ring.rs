@@ -42,19 +42,14 @@ impl<const N: usize> PeriodRing<N> {
         period as usize % N
     }
 
-    /// Counts one event in `period`.
+    /// Counts one event in `period`, in a ring every thread writes.
     pub(crate) fn add(&self, period: u32) {
-        self.count(period, None);
+        self.add_on(period, Stripe::SHARER);
     }
 
     /// Counts one event in `period`, in a ring that only the threads on `stripe` write.
     #[inline]
     pub(crate) fn add_on(&self, period: u32, stripe: Stripe) {
-        self.count(period, Some(stripe));
-    }
-
-    #[inline]
-    fn count(&self, period: u32, stripe: Option<Stripe>) {
         let cell = self.cell(period);
         let mut current = cell.load(Relaxed);
         loop {
@@ -62,10 +57,7 @@ impl<const N: usize> PeriodRing<N> {
             // A counter already moved on past `period` (by a thread with a fresher clock
             // reading) takes the count as it is, rather than being wound back.
             if bucket == period || (bucket != 0 && bucket.wrapping_sub(period) < u32::MAX / 2) {
-                match stripe {
-                    Some(stripe) => cell.bump(1, stripe),
-                    None => cell.fetch_add(1, Relaxed),
-                };
+                cell.bump(1, stripe);
                 return;
             }
             match cell.compare_exchange_weak(current, pack(period, 1), Relaxed, Relaxed) {
