@@ -155,6 +155,21 @@ impl Event<'_> {
         }
     }
 
+    /// The level [`trace`](Self::trace) reports this event at.
+    fn level(&self) -> tracing::Level {
+        use tracing::Level;
+        match *self {
+            Event::BreakerTransition { .. }
+            | Event::BudgetExhausted { .. }
+            | Event::TierFailed { .. }
+            | Event::CacheFailed { .. }
+            | Event::LevelChanged { .. } => Level::WARN,
+            Event::TierServed { fallback: true, .. } => Level::INFO,
+            Event::CallRejected { .. } | Event::RetryScheduled { .. } => Level::DEBUG,
+            Event::TierServed { .. } => Level::TRACE,
+        }
+    }
+
     fn trace(&self) {
         const T: &str = "tower_inference";
         let event = self.name();
@@ -265,7 +280,11 @@ impl Emitter {
     /// Reports `event` to `tracing` and to the sink, if any.
     #[inline]
     pub fn emit(&self, event: &Event<'_>) {
-        event.trace();
+        // The check `tracing`'s macros make first, made before the call: an answer's event
+        // is at `TRACE`, which is seldom on.
+        if event.level() <= tracing::level_filters::LevelFilter::current() {
+            event.trace();
+        }
         if let Some(sink) = &self.sink {
             sink.on_event(event);
         }
