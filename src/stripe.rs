@@ -71,12 +71,6 @@ impl Stripe {
         usize::from(self.0 & !OWNED_FLAG)
     }
 
-    /// The same stripe, written as a sharer does (for counters that several stripes share).
-    #[inline]
-    pub(crate) fn sharing(self) -> Stripe {
-        Stripe(self.0 & !OWNED_FLAG, PhantomData)
-    }
-
     /// Whether the calling thread is the only one that writes this stripe.
     #[inline]
     pub(crate) fn owned(self) -> bool {

@@ -181,7 +181,7 @@ impl Stage {
         let (histograms, in_histograms) = if index < HISTOGRAMS {
             (&self.latency[index], stripe)
         } else {
-            (&self.latency[HISTOGRAMS], stripe.sharing())
+            (&self.latency[HISTOGRAMS], Stripe::SHARER)
         };
         match kind {
             Some(kind) => {
