@@ -165,8 +165,9 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Primary { fut } => {
-                    let (result, reported) = ready!(fut.poll(cx));
+                StateProj::Primary { mut fut } => {
+                    let result = ready!(fut.as_mut().poll(cx));
+                    let reported = fut.reported();
                     let shared = &this.local.shared;
                     let walked = match after(shared, result, Some(reported)) {
                         Next::Return(mut result) => {
@@ -293,7 +294,9 @@ where
         }
         let mut res = match &tier.kind {
             TierKind::Service(svc) => {
-                let (result, reported) = Counted::new(svc.clone().oneshot(req.clone())).await;
+                let mut counted = std::pin::pin!(Counted::new(svc.clone().oneshot(req.clone())));
+                let result = counted.as_mut().await;
+                let reported = counted.reported();
                 match shared.classifier.classify(result.as_ref()) {
                     Outcome::Success => match result {
                         Ok(res) => {
