@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::stripe::{self, Bump, STRIPES};
+use crate::stripe::{self, STRIPES};
 
 /// A probe of some external load, such as GPU memory or utilisation, in `0..=1`.
 pub(crate) struct Probe {
@@ -57,27 +57,38 @@ pub(crate) fn unit(load: f64) -> f64 {
     }
 }
 
-/// A thread's share of the in-flight count.
+/// A thread's share of the in-flight count, written only by the thread that owns the stripe.
 #[derive(Default)]
 #[repr(align(128))]
 struct Stripe {
     /// Calls entered here minus calls that left here (a call leaves on the thread it
     /// finishes on, which may be another stripe's, so one stripe can go below zero; the sum
-    /// cannot). Written only by the stripe's thread while it owns the stripe.
+    /// cannot).
     in_flight: AtomicIsize,
-    /// The other stripes' sum, as last read by this stripe's thread.
-    others: AtomicIsize,
-    /// Calls entered here, to pace the reading of the other stripes.
-    calls: AtomicUsize,
+    /// The part of `in_flight` already added to the shared total.
+    published: AtomicIsize,
 }
 
-/// A thread re-reads the other threads' in-flight counts once every this many calls.
-const REFRESH_EVERY: usize = 16;
+/// The in-flight total every thread reads, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Total(AtomicIsize);
+
+/// The estimate a call sees is within this share of the capacity of the exact count.
+const ERROR_SHARE: usize = 32;
+
+/// Threads that can own a stripe (and so hold part of their count back from the total).
+const OWNERS: usize = STRIPES - 1;
 
 /// The signals of one degrade layer, combined by their maximum.
 pub(crate) struct Signals {
     pub(crate) capacity: Option<usize>,
     stripes: Box<[Stripe]>,
+    total: Total,
+    /// A thread adds its count to the total once it has moved this far from what it added
+    /// last: `slack - 1` held back by each of the `OWNERS` threads is at most a
+    /// `1 / ERROR_SHARE` of the capacity.
+    slack: isize,
     pub(crate) latency_target: Option<Duration>,
     pub(crate) latency_alpha: f64,
     /// EWMA of call latency in seconds, as `f64` bits.
@@ -103,9 +114,15 @@ impl Signals {
         latency_alpha: f64,
         probes: Vec<Probe>,
     ) -> Self {
+        // With no capacity the count is only read by `in_flight`, which sums every stripe.
+        let slack = capacity.map_or(isize::MAX, |c| {
+            isize::try_from(1 + c / (ERROR_SHARE * OWNERS)).unwrap_or(isize::MAX)
+        });
         Signals {
             capacity,
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            total: Total::default(),
+            slack,
             latency_target,
             latency_alpha,
             latency_ewma: AtomicU64::new(0f64.to_bits()),
@@ -116,45 +133,58 @@ impl Signals {
 
     /// Counts a call in; returns the in-flight count it sees, itself included.
     ///
-    /// The count is exact for calls from one thread; another thread's calls are seen as of
-    /// this thread's last refresh, at most 16 of its calls ago. Each thread writes only its own
-    /// cache line, so counting does not make threads contend.
+    /// The count is exact for this thread's calls. Each other thread that owns a stripe holds
+    /// back at most `slack - 1` from the shared total, so the count is within a
+    /// `1 / ERROR_SHARE` of the capacity of the exact one (exact below a capacity of 480),
+    /// however fast or slow calls come. A thread writes only its own cache line until its
+    /// count moves `slack` from what it last added to the total, so counting does not make
+    /// threads contend.
     #[inline]
     pub(crate) fn enter(&self) -> usize {
         let stripe = stripe::current();
-        let index = stripe.index();
-        let own = &self.stripes[index];
-        let mine = own.in_flight.bump(1, stripe) + 1;
-        let others = if own.calls.bump(1, stripe).is_multiple_of(REFRESH_EVERY) {
-            let others = self.sum_except(Some(index));
-            own.others.store(others, Relaxed);
-            others
+        if !stripe.owned() {
+            return usize::try_from(self.total.0.fetch_add(1, Relaxed) + 1).unwrap_or(0);
+        }
+        let own = &self.stripes[stripe.index()];
+        let mine = own.in_flight.load(Relaxed) + 1;
+        own.in_flight.store(mine, Relaxed);
+        let unpublished = mine - own.published.load(Relaxed);
+        let total = if unpublished >= self.slack {
+            own.published.store(mine, Relaxed);
+            self.total.0.fetch_add(unpublished, Relaxed) + unpublished
         } else {
-            own.others.load(Relaxed)
+            self.total.0.load(Relaxed) + unpublished
         };
-        usize::try_from(mine + others).unwrap_or(0)
+        usize::try_from(total).unwrap_or(0)
     }
 
     /// Counts a call out, on this thread's stripe (which need not be the one it entered on:
-    /// only the sum of the stripes means anything).
+    /// only the sum means anything).
     #[inline]
     pub(crate) fn leave(&self) {
         let stripe = stripe::current();
-        self.stripes[stripe.index()].in_flight.bump(-1, stripe);
+        if !stripe.owned() {
+            self.total.0.fetch_sub(1, Relaxed);
+            return;
+        }
+        let own = &self.stripes[stripe.index()];
+        let mine = own.in_flight.load(Relaxed) - 1;
+        own.in_flight.store(mine, Relaxed);
+        let unpublished = mine - own.published.load(Relaxed);
+        if unpublished <= -self.slack {
+            own.published.store(mine, Relaxed);
+            self.total.0.fetch_add(unpublished, Relaxed);
+        }
     }
 
-    /// Calls in flight now, read from every stripe.
+    /// Calls in flight now: the shared total and what each stripe holds back from it.
     pub(crate) fn in_flight(&self) -> usize {
-        usize::try_from(self.sum_except(None)).unwrap_or(0)
-    }
-
-    fn sum_except(&self, skip: Option<usize>) -> isize {
-        self.stripes
+        let held_back: isize = self
+            .stripes
             .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .map(|(_, s)| s.in_flight.load(Relaxed))
-            .sum()
+            .map(|s| s.in_flight.load(Relaxed) - s.published.load(Relaxed))
+            .sum();
+        usize::try_from(self.total.0.load(Relaxed) + held_back).unwrap_or(0)
     }
 
     /// Whether calls need their start time (for the latency signal).
@@ -193,5 +223,94 @@ impl Signals {
             let ewma = f64::from_bits(bits);
             Some((ewma + alpha * (sample - ewma)).to_bits())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signals(capacity: usize) -> Arc<Signals> {
+        Arc::new(Signals::new(Some(capacity), None, 0.2, Vec::new()))
+    }
+
+    /// Runs `f` on a thread of its own (which owns a stripe unless 15 threads already do).
+    fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f).join().expect("the thread")
+    }
+
+    #[test]
+    fn below_a_capacity_of_480_every_count_is_exact() {
+        let signals = signals(479);
+        assert_eq!(signals.slack, 1);
+        let other = signals.clone();
+        on_thread(move || {
+            for _ in 0..5 {
+                other.enter();
+            }
+        });
+        let seen: Vec<usize> = (0..3).map(|_| signals.enter()).collect();
+        assert_eq!(
+            seen,
+            [6, 7, 8],
+            "the other thread's five calls are all seen"
+        );
+        signals.leave();
+        assert_eq!(signals.in_flight(), 7);
+    }
+
+    #[test]
+    fn another_thread_holds_back_less_than_its_slack_and_the_sum_stays_exact() {
+        let signals = signals(10_000); // slack 1 + 10 000 / 480 = 21
+        assert_eq!(signals.slack, 21);
+        let other = signals.clone();
+        let last = on_thread(move || (0..30).map(|_| other.enter()).max());
+        assert_eq!(last, Some(30), "a thread sees all of its own calls");
+        let seen = signals.enter();
+        assert!(
+            (31 - 20..=31).contains(&seen),
+            "at most slack - 1 of the other thread's calls unseen: saw {seen} of 31"
+        );
+        assert_eq!(signals.in_flight(), 31, "the sum reads what is held back");
+
+        // Every call leaves on a third thread: its stripe goes below zero, the sum does not.
+        let other = signals.clone();
+        on_thread(move || (0..31).for_each(|_| other.leave()));
+        assert_eq!(signals.in_flight(), 0);
+        let seen = signals.enter();
+        assert!(
+            seen <= 1 + 2 * 20,
+            "within what two other threads may hold back: {seen}"
+        );
+        signals.leave();
+        assert_eq!(signals.in_flight(), 0);
+    }
+
+    #[test]
+    fn many_threads_entering_and_leaving_leave_nothing_in_flight() {
+        let signals = signals(100_000);
+        let threads: Vec<_> = (0..24)
+            .map(|t| {
+                let signals = signals.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000 {
+                        assert!(signals.enter() > 0, "a call sees itself");
+                        // A third of the calls stay in flight, to leave at the end on
+                        // another thread, as a task that moved would.
+                        if (i + t) % 3 != 0 {
+                            signals.leave();
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let entered_only: usize = (0..24)
+            .map(|t| (0..10_000).filter(|i| (i + t) % 3 == 0).count())
+            .sum();
+        assert_eq!(signals.in_flight(), entered_only);
+        let other = signals.clone();
+        on_thread(move || (0..entered_only).for_each(|_| other.leave()));
+        assert_eq!(signals.in_flight(), 0);
     }
 }
