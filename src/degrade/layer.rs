@@ -103,9 +103,10 @@ impl DegradeBuilder {
     /// Load from requests in flight through the layer: `in_flight / capacity` (default: off;
     /// a capacity of 0 is taken as 1).
     ///
-    /// The count a call sees is exact below a capacity of 480, and within 1/32 of the
-    /// capacity above it: threads count on their own cache lines and add to a shared total
-    /// only when their count has moved that far (see the [module docs](crate::degrade#cost)).
+    /// The count a call sees is within 1/16 of the capacity of the exact one (exact below a
+    /// capacity of 16): threads count on their own cache lines and add to a shared total
+    /// only when their count has moved by their share of that (see the
+    /// [module docs](crate::degrade#cost)).
     pub fn in_flight_capacity(mut self, capacity: usize) -> Self {
         self.capacity = Some(setting::at_least("degrade.in_flight_capacity", capacity, 1));
         self

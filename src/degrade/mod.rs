@@ -37,25 +37,28 @@
 //!
 //! The in-flight count is striped per thread: a call writes only its own thread's cache line
 //! (with a plain load and store while the thread owns its stripe, as the first 15 threads
-//! do). A thread adds its count to a shared total only once it has moved by a slack from
-//! what it added last, and a call sees the total plus its own thread's count. The slack is
-//! `1 + capacity / 480`: each of the 15 other threads holds back less than it, so the count
-//! a call sees is within 1/32 of the capacity of the exact one, however fast or slow calls
-//! come (exact below a capacity of 480, where each thread adds every change). The handle's
-//! [`in_flight`](DegradeHandle::in_flight) reads the total and every stripe, so it is exact.
-//! `benches/degrade.rs` (criterion, 2-core x86-64 VM, capacity 1 000), time per call in front
-//! of a service that answers at once:
+//! do; threads beyond them count on a shared total, atomically). A call sees the shared total
+//! plus its own thread's count. A thread adds its count to the total only once the count has
+//! moved by its share of `capacity / 16` (shared equally between the threads that own a
+//! stripe), so the count a call sees is within 1/16 of the capacity of the exact one, however
+//! fast or slow calls come. The handle's [`in_flight`](DegradeHandle::in_flight) reads the
+//! total and every stripe: it is exact when no call is entering or leaving.
+//!
+//! Below a capacity of 16 (or 16 × the threads counting), a thread holds nothing back: every
+//! call adds to the shared total and leaves from it, so threads calling at once contend for
+//! its cache line. That is the price of an exact count where one call is a large share of
+//! the capacity, paid only at call rates far beyond what so small a backend serves.
+//!
+//! `benches/degrade.rs` (criterion, 2-core x86-64 VM), time per call in front of a service
+//! that answers at once:
 //!
 //! | | 1 thread | 2 threads sharing one layer |
 //! |---|---|---|
-//! | bare service | 22.6 ns | 22.3 ns |
-//! | full level | 46.2 ns | 45.6 ns |
-//! | degraded (`reduced`) | 72.3 ns | 70.8 ns |
-//!
-//! Before the shared total, each thread read the other threads' stripes once every 16 of
-//! its calls: in the same run, two threads took 56.5 and 80.3 ns (full and degraded) against
-//! 47.2 and 74.8 on one, as reading lines the other core writes stalls both cores.
-//! With one shared atomic counter instead, two threads took 317.7 ns a call.
+//! | bare service | 22.8 ns | 21.9 ns |
+//! | full level, capacity 1 000 | 48.3 ns | 45.9 ns |
+//! | degraded (`reduced`), capacity 1 000 | 74.4 ns | 71.1 ns |
+//! | full level, capacity 64 | 47.8 ns | 46.3 ns |
+//! | full level, capacity 16 | 57.3 ns | 281.3 ns |
 //!
 //! # Example
 //!
