@@ -8,8 +8,10 @@
 //!
 //! Nothing is held across the inner poll (no guard, no wrapped output), so the compiler
 //! neither moves the polled future's output once more nor keeps a destructor on the path. A
-//! poll that panics leaves the total where the panic found it; a tally reads only the change
-//! over its own poll, so that is never miscounted by a later one.
+//! poll that panics leaves the total where the panic found it: a later tally reads only the
+//! change over its own poll, so it is not miscounted, and a tally around one whose poll
+//! panicked (the panic caught between them) counts the calls reported before the panic,
+//! which were made.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -144,5 +146,23 @@ mod tests {
         let mut later = std::pin::pin!(Counted::new(reporting(1)));
         assert_eq!(poll_once(later.as_mut()), Poll::Ready(()));
         assert_eq!(later.reported(), 1);
+    }
+
+    #[test]
+    fn a_tally_around_a_poll_that_panicked_counts_the_calls_made_before_it() {
+        let mut outer = std::pin::pin!(Counted::new(poll_fn(|_| {
+            report(1);
+            let caught = std::panic::catch_unwind(|| {
+                let mut inner = std::pin::pin!(Counted::new(poll_fn(|_| -> Poll<()> {
+                    report(3);
+                    panic!("a tier that panics")
+                })));
+                let _ = poll_once(inner.as_mut());
+            });
+            assert!(caught.is_err());
+            Poll::Ready(())
+        })));
+        assert_eq!(poll_once(outer.as_mut()), Poll::Ready(()));
+        assert_eq!(outer.reported(), 4);
     }
 }
