@@ -272,8 +272,16 @@ mod tests {
     fn a_thread_holds_back_its_share_and_the_sum_stays_exact() {
         // 625 held back at most between the owners: at least 41 each, with 15 owners.
         let signals = signals(10_000);
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let (looked, looked_rx) = std::sync::mpsc::channel::<()>();
         let other = signals.clone();
-        let (last, owned) = on_thread(move || (0..30).map(|_| other.enter()).max());
+        let thread = std::thread::spawn(move || {
+            let last = (0..30).map(|_| other.enter()).max();
+            entered.send((last, stripe::current().owned())).unwrap();
+            // Keeps its stripe (and what it holds back) until the test has looked.
+            looked_rx.recv().unwrap();
+        });
+        let (last, owned) = entered_rx.recv().unwrap();
         assert_eq!(last, Some(30), "a thread sees all of its own calls");
         let seen = signals.enter();
         if owned {
@@ -285,6 +293,13 @@ mod tests {
             );
         }
         assert_eq!(signals.in_flight(), 31, "the sum reads what is held back");
+        looked.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(
+            signals.in_flight(),
+            31,
+            "a stripe keeps its count when its thread exits"
+        );
 
         // Every call leaves on a third thread: its stripe goes below zero, the sum does not.
         let other = signals.clone();
@@ -317,12 +332,16 @@ mod tests {
             .map(|t| {
                 let signals = signals.clone();
                 std::thread::spawn(move || {
+                    let mut staying = 0;
                     for i in 0..10_000 {
-                        assert!(signals.enter() > 0, "a call sees itself");
+                        let seen = signals.enter();
+                        assert!(seen > staying, "a call sees itself and its thread's calls");
                         // A third of the calls stay in flight, to leave at the end on
                         // another thread, as a task that moved would.
                         if (i + t) % 3 != 0 {
                             signals.leave();
+                        } else {
+                            staying += 1;
                         }
                     }
                 })
