@@ -133,16 +133,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_poll_that_panicked_leaves_no_calls_to_a_later_tally() {
-        let panicked = std::panic::catch_unwind(|| {
-            let mut fut = std::pin::pin!(Counted::new(poll_fn(|_| -> Poll<()> {
-                report(9);
+    /// Polls a tally whose future reports `calls` and then panics; catches the panic.
+    fn poll_a_tier_that_panics(calls: u32) {
+        let caught = std::panic::catch_unwind(|| {
+            let mut tier = std::pin::pin!(Counted::new(poll_fn(|_| -> Poll<()> {
+                report(calls);
                 panic!("a tier that panics")
             })));
-            let _ = poll_once(fut.as_mut());
+            let _ = poll_once(tier.as_mut());
         });
-        assert!(panicked.is_err());
+        assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_poll_that_panicked_leaves_no_calls_to_a_later_tally() {
+        poll_a_tier_that_panics(9);
         let mut later = std::pin::pin!(Counted::new(reporting(1)));
         assert_eq!(poll_once(later.as_mut()), Poll::Ready(()));
         assert_eq!(later.reported(), 1);
@@ -152,14 +157,7 @@ mod tests {
     fn a_tally_around_a_poll_that_panicked_counts_the_calls_made_before_it() {
         let mut outer = std::pin::pin!(Counted::new(poll_fn(|_| {
             report(1);
-            let caught = std::panic::catch_unwind(|| {
-                let mut inner = std::pin::pin!(Counted::new(poll_fn(|_| -> Poll<()> {
-                    report(3);
-                    panic!("a tier that panics")
-                })));
-                let _ = poll_once(inner.as_mut());
-            });
-            assert!(caught.is_err());
+            poll_a_tier_that_panics(3);
             Poll::Ready(())
         })));
         assert_eq!(poll_once(outer.as_mut()), Poll::Ready(()));
