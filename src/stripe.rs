@@ -96,13 +96,13 @@ pub(crate) fn stripe() -> usize {
     current().index()
 }
 
-/// Takes the lowest free stripe for this thread, else the shared one.
 /// Threads that own a stripe now (at least one, for the caller's sake).
 #[inline]
 pub(crate) fn owners() -> usize {
     (OWNED.load(Relaxed).count_ones() as usize).max(1)
 }
 
+/// Takes the lowest free stripe for this thread, else the shared one.
 #[cold]
 fn claim() -> u8 {
     let ownable = (1u32 << SHARED) - 1;
