@@ -188,8 +188,7 @@ impl Stage {
                 let k = kind_index(kind);
                 self.errors[k].fetch_add(1, Relaxed);
                 self.rates[k].add(period(self.origin));
-                let pattern = format!("{}|{}", kind.code(), operation.unwrap_or(&self.name));
-                lock(&self.patterns[index]).add(&pattern);
+                lock(&self.patterns[index]).add_pair(kind.code(), operation.unwrap_or(&self.name));
                 histograms.other.record(micros, in_histograms);
             }
             None => {
