@@ -20,6 +20,10 @@
 //! alive can cost: the difference between the two is what layering six times costs over
 //! doing the same work in one layer.
 //!
+//! What each layer adds to the stack, as opposed to what it costs alone: the whole stack with
+//! that one layer left out (`stack_without/1_thread/<layer>`, the metrics "layer" being both
+//! of its stages), on one thread.
+//!
 //! Run with `cargo bench --bench stack --all-features`.
 
 mod common;
@@ -257,6 +261,63 @@ fn stack(c: &mut Criterion) {
         contestant!("bare_tower_timeout", bare_timeout);
         contestant!("whole_stack_tower_timeout", whole_timeout);
         contestant!("tower_resilience_0_13_retry_cb", resilience);
+        group.finish();
+    }
+
+    // What each layer adds to the stack: the whole stack with that one layer left out.
+    let stack = || InferenceStack::new("primary-model");
+    let degrade = || DegradeLayer::builder().in_flight_capacity(1_000);
+    let without_metrics = stack()
+        .fallback(fallback())
+        .degrade(degrade())
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .build()
+        .layer(bare());
+    let without_fallback = stack()
+        .metrics(&metrics)
+        .degrade(degrade())
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .build()
+        .layer(bare());
+    let without_degrade = stack()
+        .metrics(&metrics)
+        .fallback(fallback())
+        .retry(RetryLayer::builder())
+        .breaker(BreakerLayer::builder())
+        .build()
+        .layer(bare());
+    let without_retry = stack()
+        .metrics(&metrics)
+        .fallback(fallback())
+        .degrade(degrade())
+        .breaker(BreakerLayer::builder())
+        .build()
+        .layer(bare());
+    let without_breaker = stack()
+        .metrics(&metrics)
+        .fallback(fallback())
+        .degrade(degrade())
+        .retry(RetryLayer::builder())
+        .build()
+        .layer(bare());
+    {
+        let threads = Threads::One;
+        let mut group = c.benchmark_group(format!("stack_without/{}", threads.label()));
+        macro_rules! contestant {
+            ($name:literal, $svc:expr) => {
+                group.bench_function($name, |b| {
+                    b.iter_custom(|n| per_call_with(&$svc, threads, n, request))
+                });
+            };
+        }
+        contestant!("whole_stack", whole);
+        contestant!("metrics", without_metrics);
+        contestant!("fallback", without_fallback);
+        contestant!("degrade", without_degrade);
+        contestant!("retry", without_retry);
+        contestant!("breaker", without_breaker);
         group.finish();
     }
 
