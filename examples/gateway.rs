@@ -121,8 +121,8 @@ impl Default for Config {
     }
 }
 
-const USAGE: &str =
-    "usage: gateway [--port N] [--chaos] [--no-fallback] [--load-time-ms N] [--body-limit N]";
+const USAGE: &str = "usage: gateway [--port N] [--chaos] [--no-fallback] [--load-time-ms N] [--body-limit N] \
+     [--error-shape openai|native]";
 
 impl Config {
     /// The settings from the command line and the environment.
