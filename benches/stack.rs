@@ -266,17 +266,17 @@ fn stack(c: &mut Criterion) {
 
     // What each layer adds to the stack: the whole stack with that one layer left out.
     let stack = || InferenceStack::new("primary-model");
-    let degrade = || DegradeLayer::builder().in_flight_capacity(1_000);
+    let degrade_builder = || DegradeLayer::builder().in_flight_capacity(1_000);
     let without_metrics = stack()
         .fallback(fallback())
-        .degrade(degrade())
+        .degrade(degrade_builder())
         .retry(RetryLayer::builder())
         .breaker(BreakerLayer::builder())
         .build()
         .layer(bare());
     let without_fallback = stack()
         .metrics(&metrics)
-        .degrade(degrade())
+        .degrade(degrade_builder())
         .retry(RetryLayer::builder())
         .breaker(BreakerLayer::builder())
         .build()
@@ -291,14 +291,14 @@ fn stack(c: &mut Criterion) {
     let without_retry = stack()
         .metrics(&metrics)
         .fallback(fallback())
-        .degrade(degrade())
+        .degrade(degrade_builder())
         .breaker(BreakerLayer::builder())
         .build()
         .layer(bare());
     let without_breaker = stack()
         .metrics(&metrics)
         .fallback(fallback())
-        .degrade(degrade())
+        .degrade(degrade_builder())
         .retry(RetryLayer::builder())
         .build()
         .layer(bare());
